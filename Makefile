@@ -1,0 +1,36 @@
+# The two README commands:  `make run` (set up + main job)  and  `make test`.
+# VENV may live outside the clone (CI caches it there, keyed on pyproject.toml).
+VENV ?= .venv
+KEY := $(shell sha256sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.fgsd-deps-$(KEY)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run smoke test test-all setup dvc-yaml clean
+
+run: setup                 ## the main job: every stage on the default preset (params.yaml)
+	snakemake --cores all
+
+smoke: setup               ## the whole DAG on the smoke preset (minutes)
+	snakemake --cores all --configfile config/smoke.yaml
+
+test: setup                ## the default test suite (includes the smoke chain end to end)
+	pytest
+
+test-all: setup            ## also the slow tests (Debian Fashion-MNIST download)
+	pytest -m ""
+
+dvc-yaml: setup            ## regenerate dvc.yaml from the Snakemake DAG
+	python -m fgsd dvc-yaml
+
+setup: $(STAMP)
+	@python -c "import fgsd, pathlib, sys; sys.exit(pathlib.Path(fgsd.__file__).parent != pathlib.Path('src/fgsd').resolve())" 2>/dev/null \
+	  || pip install -q --no-deps -e .
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	pip install -q -e '.[test]'
+	touch $@
+
+clean:                     ## remove outputs (not the venv or the data cache)
+	rm -rf results .snakemake

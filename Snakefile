@@ -1,0 +1,21 @@
+# Feature-guided score diffusion (Kadkhodaie, Mallat, Simoncelli 2024): the reproduction pipeline.
+#   snakemake --cores all                                  default preset (params.yaml)
+#   snakemake --cores all --configfile config/smoke.yaml   a preset overlay on top of params.yaml
+# Rules are thin: inputs, outputs, params, log, benchmark, then one `python -m fgsd <stage>` call.
+# dvc.yaml is generated from this DAG (`python -m fgsd dvc-yaml`); a test keeps the two in sync.
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/features.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        DATA_FILES,
+        expand("results/models/{kind}/model.pt", kind=KINDS),
+        expand("results/features/{kind}/centroids.csv", kind=KINDS),

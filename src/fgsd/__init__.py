@@ -1,0 +1,1 @@
+"""Feature-guided score diffusion."""

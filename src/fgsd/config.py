@@ -1,0 +1,145 @@
+"""Load params.yaml plus overlays into one resolved config, and say which keys each stage reads.
+
+One config flow: every stage and the Snakefile call `load()` on the same list of files, so what
+Snakemake tracks and what the stage uses cannot drift apart.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from .errors import FgsdError
+
+MODEL_KINDS = ("mixture", "conditional", "single")
+
+# Dotted params keys each stage reads; Snakemake tracks their values and dvc.yaml lists them.
+_STAGE_KEYS = {
+    "data": ["seed", "data"],
+    "train": ["seed", "device", "model", "train.batch_size", "train.lr", "train.lr_decay_every",
+              "train.lr_decay_factor", "train.checkpoint_every", "train.eval_every",
+              "train.eval_sigmas", "train.eval_crops_per_class"],
+    "centroids": ["device", "features"],
+}
+
+
+def stage_keys(stage: str, kind: str | None = None) -> list[str]:
+    """The params keys that stage `stage` (of model `kind`) depends on."""
+    keys = list(_STAGE_KEYS[stage])
+    if stage == "train":
+        keys.append(f"train.{kind}")
+    return keys
+
+
+def _read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FgsdError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FgsdError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise FgsdError(f"{path}: top level must be a mapping of keys")
+    return data
+
+
+def _same_type(base, value) -> bool:
+    if base is None or value is None:
+        return True
+    if isinstance(base, bool) or isinstance(value, bool):
+        return isinstance(base, bool) and isinstance(value, bool)
+    if isinstance(base, (int, float)) and isinstance(value, (int, float)):
+        return isinstance(base, float) or isinstance(value, int)
+    return isinstance(value, type(base))
+
+
+def _merge(base: dict, overlay: dict, origin: str, prefix: str = "") -> None:
+    """Overlay `overlay` onto `base` in place; unknown keys and type changes are errors."""
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise FgsdError(f"{origin}: unknown parameter '{dotted}' (not in params.yaml)")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise FgsdError(f"{origin}: parameter '{dotted}' must be a mapping")
+            _merge(base[key], value, origin, dotted + ".")
+        elif not _same_type(base[key], value):
+            raise FgsdError(f"{origin}: parameter '{dotted}' must be {type(base[key]).__name__}, "
+                            f"got {type(value).__name__} ({value!r})")
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def load(paths: list[str | Path]) -> dict:
+    """Merge params files left to right; the first (params.yaml) defines every allowed key."""
+    if not paths:
+        raise FgsdError("no params file given")
+    cfg = _read_yaml(paths[0])
+    for path in paths[1:]:
+        _merge(cfg, _read_yaml(path), str(path))
+    check(cfg, str(paths[-1]))
+    return cfg
+
+
+def check(cfg: dict, origin: str) -> None:
+    """Value checks the type system cannot express; each error names its key."""
+    def need(cond, key, what):
+        if not cond:
+            raise FgsdError(f"{origin}: parameter '{key}' {what}, got {get(cfg, key)!r}")
+    d, t = cfg["data"], cfg["train"]
+    need(d["crop_size"] >= 8 and d["crop_size"] % 8 == 0, "data.crop_size", "must be a positive multiple of 8")
+    need(d["train_per_class"] > 0, "data.train_per_class", "must be positive")
+    need(d["test_per_class"] > 0, "data.test_per_class", "must be positive")
+    need(0 < d["test_fraction"] < 1, "data.test_fraction", "must be in (0, 1)")
+    need(0 < d["scale"] <= 1, "data.scale", "must be in (0, 1]")
+    need(d["n_unseen"] >= 0, "data.n_unseen", "must be >= 0")
+    need(cfg["device"] in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
+    need(len(cfg["model"]["widths"]) == 4, "model.widths", "must list 4 channel widths")
+    need(cfg["model"]["dec_convs"][0] >= 2, "model.dec_convs", "must have at least 2 convs in the last block")
+    for kind in MODEL_KINDS:
+        need(t[kind]["steps"] > 0, f"train.{kind}.steps", "must be positive")
+    need(t["batch_size"] > 0, "train.batch_size", "must be positive")
+
+
+def get(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _canonical(value):
+    return {k: _canonical(value[k]) for k in sorted(value)} if isinstance(value, dict) else value
+
+
+def select(cfg: dict, keys: list[str]) -> dict:
+    """The sub-config made of `keys` (dotted), as a flat dict with sorted keys: what a stage's
+    result depends on. Sorted, so the key order of an overlay file does not look like a change."""
+    return {k: _canonical(get(cfg, k)) for k in keys}
+
+
+def digest(obj) -> str:
+    """Short stable hash of a JSON-able object (params subtrees, for resume and provenance)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def snakemake_params_files(workflow, config: dict) -> list[str]:
+    """params.yaml plus the `--configfile` overlays, checked to give exactly Snakemake's config.
+
+    Stages get the file list, not values, so `--config key=value` (which would reach Snakemake
+    but not the stages) is refused with a pointer to overlays."""
+    cwd = Path.cwd()
+    paths = ["params.yaml"]
+    for p in workflow.overwrite_configfiles:
+        p = Path(p)
+        p = p.relative_to(cwd) if p.is_absolute() and p.is_relative_to(cwd) else p
+        if str(p) != "params.yaml":
+            paths.append(str(p))
+    if load(paths) != config:
+        raise FgsdError("--config overrides are not passed to the stages: put the keys in a YAML "
+                        "overlay and pass it with --configfile (see config/smoke.yaml)")
+    return paths

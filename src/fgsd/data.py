@@ -1,0 +1,155 @@
+"""Data stage: raw classes -> train/test/unseen crops as uint8 npz + manifest.json.
+
+Textures: one class = one image; training crops come from the top (1 - test_fraction) of the
+(rescaled) image and test crops from the bottom, so the two never overlap. Image datasets: each
+image is padded or centre-cropped to the crop size and the class split by count. A seeded choice
+of `n_unseen` classes is held out of all training (unseen.npz) for few-shot experiments.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import files
+from .errors import FgsdError
+from .sources import LOADERS, RawClass
+
+log = logging.getLogger("fgsd")
+OUTPUTS = ("train.npz", "test.npz", "unseen.npz", "manifest.json")
+
+
+def _class_rng(seed: int, name: str) -> np.random.Generator:
+    """Per-class stream: a class's crops do not depend on which other classes exist."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _chw(img: np.ndarray) -> np.ndarray:
+    return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+
+
+def _rescale(img: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1:
+        return img
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.LANCZOS))
+
+
+def _random_crops(region: np.ndarray, n: int, size: int, rng, what: str) -> np.ndarray:
+    h, w = region.shape[:2]
+    if h < size or w < size:
+        raise FgsdError(f"{what} is too small for data.crop_size={size}: that region is {h}x{w} pixels "
+                        f"(lower data.crop_size or data.test_fraction, or raise data.scale)")
+    rows = rng.integers(0, h - size + 1, n)
+    cols = rng.integers(0, w - size + 1, n)
+    return np.stack([_chw(region[r:r + size, c:c + size]) for r, c in zip(rows, cols)])
+
+
+def texture_crops(c: RawClass, d: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    img = _rescale(c.texture, d["scale"])
+    split = round(img.shape[0] * (1 - d["test_fraction"]))
+    where = f"image {c.origin} (class '{c.name}', rescaled by data.scale={d['scale']})"
+    train = _random_crops(img[:split], d["train_per_class"], d["crop_size"], rng, f"the training region of {where}")
+    test = _random_crops(img[split:], d["test_per_class"], d["crop_size"], rng, f"the test region of {where}")
+    return train, test
+
+
+def _fit(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, shrink to `size` if larger, zero-pad to `size` if smaller."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    if s > size:
+        img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
+    pad = size - img.shape[0]
+    if pad > 0:
+        widths = [(pad // 2, pad - pad // 2)] * 2 + [(0, 0)] * (img.ndim - 2)
+        img = np.pad(img, widths)
+    return _chw(img)
+
+
+def image_crops(c: RawClass, d: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    n_train, n_test = d["train_per_class"], d["test_per_class"]
+    if c.test_images is not None:
+        train_pool, test_pool = c.images, c.test_images
+        test_idx = rng.permutation(len(test_pool))[:n_test]
+        train_idx = rng.permutation(len(train_pool))[:n_train]
+    else:
+        train_pool = test_pool = c.images
+        if len(c.images) <= n_test:
+            raise FgsdError(f"class '{c.name}' ({c.origin}) has {len(c.images)} images: "
+                            f"need more than data.test_per_class={n_test}")
+        perm = rng.permutation(len(c.images))
+        test_idx, train_idx = perm[:n_test], perm[n_test:n_test + n_train]
+    fit = lambda pool, idx: np.stack([_fit(pool[i], d["crop_size"]) for i in idx])  # noqa: E731
+    return fit(train_pool, train_idx), fit(test_pool, test_idx)
+
+
+def _check_classes(classes: list[RawClass], n_unseen: int) -> None:
+    names = [c.name for c in classes]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise FgsdError(f"duplicate class names: {sorted(dup)}")
+    for c in classes:
+        if c.texture is None and not c.images:
+            raise FgsdError(f"class '{c.name}' is empty ({c.origin})")
+    if len(classes) - n_unseen < 2:
+        raise FgsdError(f"data.n_unseen={n_unseen} leaves fewer than 2 training classes "
+                        f"(the dataset has {len(classes)})")
+
+
+def prepare(cfg: dict, out_dir: str | Path) -> dict:
+    """Build every output in memory first, so a bad input leaves nothing partial behind."""
+    d, seed = cfg["data"], cfg["seed"]
+    if d["dataset"] not in LOADERS:
+        raise FgsdError(f"parameter 'data.dataset' is '{d['dataset']}': choose one of {sorted(LOADERS)}")
+    raw, provenance = LOADERS[d["dataset"]](color=d["color"], folder=d["folder"])
+    raw = sorted(raw, key=lambda c: c.name)
+    _check_classes(raw, d["n_unseen"])
+    held_out = set(np.random.default_rng(seed).permutation(len(raw))[:d["n_unseen"]].tolist())
+    seen = [c for i, c in enumerate(raw) if i not in held_out]
+    unseen = [c for i, c in enumerate(raw) if i in held_out]
+    names = np.array([c.name for c in seen + unseen])
+
+    splits = {"train": ([], []), "test": ([], []), "unseen": ([], [])}
+    regions = []
+    for label, c in enumerate(seen + unseen):
+        rng = _class_rng(seed, c.name)
+        train, test = texture_crops(c, d, rng) if c.texture is not None else image_crops(c, d, rng)
+        if label < len(seen):
+            for split, x in (("train", train), ("test", test)):
+                splits[split][0].append(x)
+                splits[split][1].append(np.full(len(x), label))
+        else:
+            splits["unseen"][0].extend([train, test])
+            splits["unseen"][1].extend([np.full(len(train), label), np.full(len(test), label)])
+            regions += [np.zeros(len(train), np.int64), np.ones(len(test), np.int64)]
+        log.info("class %-24s train %4d  test %4d%s", c.name, len(train), len(test),
+                 "" if label < len(seen) else "  (unseen)")
+
+    out_dir = Path(out_dir)
+    arrays = {}
+    for split, (xs, ys) in splits.items():
+        shape = (0, 1 if not d["color"] else 3, d["crop_size"], d["crop_size"])
+        arrays[split] = dict(images=np.concatenate(xs) if xs else np.zeros(shape, np.uint8),
+                             labels=np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64),
+                             classes=names)
+    arrays["unseen"]["region"] = np.concatenate(regions) if regions else np.zeros(0, np.int64)
+    for split, arrs in arrays.items():
+        files.save_npz(out_dir / f"{split}.npz", **arrs)
+    counts = {split: {str(names[k]): int(n) for k, n in zip(*np.unique(a["labels"], return_counts=True))}
+              for split, a in arrays.items()}
+    manifest = dict(dataset=d["dataset"], seed=seed, params=d, provenance=provenance,
+                    classes=[c.name for c in seen], unseen_classes=[c.name for c in unseen],
+                    image_shape=list(arrays["train"]["images"].shape[1:]), counts=counts,
+                    sha256={f"{s}.npz": files.sha256(out_dir / f"{s}.npz") for s in arrays})
+    files.save_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def load_split(data_dir: str | Path, split: str) -> dict[str, np.ndarray]:
+    return files.load_npz(Path(data_dir) / f"{split}.npz")

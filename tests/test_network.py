@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from fgsd import network
+from fgsd.network import TAPS, UNet
+
+
+def test_parameter_counts_match_the_authors_small_models():
+    # METHOD.md §3.2: the ovals mixture model has 627,921 parameters; the conditional one 352 more.
+    assert network.n_params(UNet(channels=1, widths=(16, 32, 64, 128))) == 627_921
+    assert network.n_params(UNet(channels=1, widths=(16, 32, 64, 128), conditional=True)) == 628_273
+
+
+@pytest.mark.parametrize("size,channels", [(32, 1), (16, 3), (80, 1)])
+def test_output_and_feature_shapes(size, channels):
+    torch.manual_seed(0)
+    net = UNet(channels=channels, widths=(8, 16, 16, 32))
+    x = torch.rand(3, channels, size, size)
+    assert net(x).shape == x.shape
+    means = net.block_means(x)
+    assert list(means) == list(network.BLOCKS)
+    assert net.phi(x).shape == (3, sum(net.widths[b] for b in TAPS))
+    slices = network.layer_slices(net.widths)
+    assert slices["mid"] == slice(8 + 16 + 16, 8 + 16 + 16 + 32)
+
+
+def _conditional(match=("mid",)):
+    torch.manual_seed(0)
+    net = UNet(widths=(8, 16, 16, 32), conditional=True, match=match)
+    with torch.no_grad():
+        for w in net.match_weight.values():
+            w.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.mark.parametrize("block", ["enc2", "mid", "dec3"])
+def test_matching_sets_the_block_means_to_w_phi(block):
+    net = _conditional(match=(block,))
+    x, cond = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    phi_y = net.condition(cond)
+    seen = {}
+    original = net._block
+
+    def spy(name, h, c, record):
+        out = original(name, h, c, record)
+        seen[name] = out.mean(dim=(2, 3))
+        return out
+
+    net._block = spy
+    net(x, phi_y)
+    torch.testing.assert_close(seen[block], net.match_weight[block] * phi_y[block], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("match", [("mid",), ("enc1", "mid", "dec2")])
+def test_conditioning_an_image_on_itself_with_unit_weights_changes_nothing(match):
+    torch.manual_seed(1)
+    net = UNet(widths=(8, 16, 16, 32), conditional=True, match=match)
+    plain = UNet(widths=(8, 16, 16, 32))
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("match_weight")})
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(net(x, x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_three_ways_to_condition_agree():
+    net = _conditional()
+    x, exemplars = torch.rand(3, 1, 16, 16), torch.rand(5, 1, 16, 16)
+    centroid = net.condition(exemplars, average=True)
+    tiled = {b: v.expand(3, -1) for b, v in centroid.items()}
+    out_centroid = net(x, centroid)
+    torch.testing.assert_close(out_centroid, net(x, tiled))
+    mean_mid = net.block_means(exemplars)["mid"].mean(0, keepdim=True)
+    torch.testing.assert_close(centroid["mid"], mean_mid)
+    # one exemplar per sample, and one exemplar broadcast to the batch
+    torch.testing.assert_close(net(x, exemplars[:1].expand(3, -1, -1, -1)), net(x, exemplars[:1]))
+    assert not torch.allclose(net(x, exemplars[:3]), out_centroid)
+
+
+def test_gradients_flow_through_the_conditioner_stream():
+    net = _conditional()
+    x, cond = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16, requires_grad=True)
+    net(x, cond).sum().backward()
+    assert cond.grad is not None and cond.grad.abs().sum() > 0
+    assert net.match_weight["mid"].grad.abs().sum() > 0
+
+
+def test_misuse_is_refused():
+    with pytest.raises(ValueError, match="unconditional model"):
+        UNet(widths=(8, 16, 16, 32))(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="needs a conditioner"):
+        _conditional()(torch.rand(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="unknown blocks"):
+        UNet(conditional=True, match=("middle",))
+
+
+def test_psnr_of_known_error():
+    clean = torch.zeros(2, 1, 4, 4)
+    assert torch.allclose(network.psnr(clean + 0.1, clean), torch.tensor([20.0, 20.0]))

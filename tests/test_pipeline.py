@@ -1,0 +1,114 @@
+"""The orchestration: Snakemake runs the smoke chain, re-runs nothing when nothing changed and only
+the affected jobs when a param changes; dvc.yaml matches the DAG and `dvc repro` runs it."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fgsd import config, files
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+SMOKE = ["--configfile", "config/smoke.yaml"]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def copy_repo(dest: Path) -> Path:
+    for name in ("Snakefile", "params.yaml", "dvc.yaml", ".dvcignore", "pyproject.toml"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("config", "workflow", "src", ".dvc"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+    return dest
+
+
+def planned_jobs(cwd: Path, extra: list[str]) -> dict[str, int]:
+    """Job counts Snakemake would run now (dry run)."""
+    out = run(["snakemake", "-n", "--quiet", "rules", *extra], cwd).stdout
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dvc_yaml_matches_the_snakemake_dag():
+    run([sys.executable, "-m", "fgsd", "dvc-yaml", "--check"], ROOT)
+
+
+def test_dvc_yaml_check_catches_drift(tmp_path):
+    repo = copy_repo(tmp_path)
+    text = (repo / "dvc.yaml").read_text().replace("--kind single", "--kind single ")
+    (repo / "dvc.yaml").write_text(text)
+    proc = run([sys.executable, "-m", "fgsd", "dvc-yaml", "--check"], repo, check=False)
+    assert proc.returncode != 0 and "out of date" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("smoke"))
+    run(["snakemake", "--cores", "2", *SMOKE], repo)
+    return repo
+
+
+def test_smoke_chain_produces_every_output(smoke_run):
+    repo = smoke_run
+    manifest = files.load_json(repo / "results/data/pip-textures/manifest.json")
+    assert len(manifest["classes"]) == 11
+    for kind in config.MODEL_KINDS:
+        for name in ("model.pt", "train_log.csv", "config.json", "metrics.json"):
+            assert (repo / f"results/models/{kind}/{name}").is_file()
+        assert (repo / f"results/features/{kind}/centroids.csv").is_file()
+        assert (repo / f"results/benchmarks/train_{kind}.tsv").is_file()
+        assert "trained" in (repo / f"results/logs/train_{kind}.log").read_text()
+    assert not any((repo / "results/.state").glob("*.pt")), "finished runs leave no resumable state"
+
+
+def test_rerun_without_changes_does_nothing(smoke_run):
+    assert planned_jobs(smoke_run, SMOKE) == {}
+
+
+def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path):
+    overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
+    overlay["features"]["batch_size"] = 32
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
+    assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {"centroids": 3, "all": 1}
+    overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
+    overlay["train"]["single"]["steps"] = 21
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
+    jobs = planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")])
+    assert jobs == {"train": 1, "centroids": 1, "all": 1}  # train_single and centroids_single
+
+
+def test_config_overrides_on_the_command_line_are_refused(smoke_run):
+    proc = run(["snakemake", "-n", "--config", "seed=3"], smoke_run, check=False)
+    assert proc.returncode != 0 and "--configfile" in proc.stdout + proc.stderr
+
+
+def test_dvc_repro_runs_the_same_stages(tmp_path):
+    repo = copy_repo(tmp_path)
+    merged = config.load([ROOT / "params.yaml", ROOT / "config/smoke.yaml"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    out = run(["dvc", "repro"], repo).stdout
+    for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_single"):
+        assert f"Running stage '{stage}'" in out
+    assert (repo / "results/models/conditional/model.pt").is_file()
+    again = run(["dvc", "repro"], repo).stdout
+    assert "Running stage" not in again
+    metrics = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "test_psnr" in metrics
