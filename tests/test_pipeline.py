@@ -28,7 +28,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def copy_repo(dest: Path) -> Path:
-    for name in ("Snakefile", "params.yaml", "dvc.yaml", ".dvcignore", "pyproject.toml"):
+    for name in ("Snakefile", "params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy2(ROOT / name, dest / name)
     for name in ("config", "workflow", "src", ".dvc"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
