@@ -33,15 +33,8 @@ def snakemake_jobs(snakefile: str = "Snakefile", target: str = "all") -> list:
         workflow = dag_api.workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
-        return list(workflow.dag.toposorted_jobs()) if hasattr(workflow.dag, "toposorted_jobs") \
-            else _toposort(workflow.dag)
-
-
-def _toposort(dag) -> list:
-    jobs = []
-    for level in dag.toposorted():
-        jobs.extend(sorted(level, key=lambda j: (j.rule.name, str(j.wildcards))))
-    return jobs
+        return [job for level in workflow.dag.toposorted()
+                for job in sorted(level, key=lambda j: (j.rule.name, str(j.wildcards)))]
 
 
 def stage(job) -> tuple[str, dict]:
