@@ -11,6 +11,10 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
@@ -19,3 +23,5 @@ rule all:
         DATA_FILES,
         expand("results/models/{kind}/model.pt", kind=KINDS),
         expand("results/features/{kind}/centroids.csv", kind=KINDS),
+        "results/metrics/summary.json",
+        expand("results/figures/{name}.pdf", name=FIGURES),

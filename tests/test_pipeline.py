@@ -76,6 +76,29 @@ def test_smoke_chain_produces_every_output(smoke_run):
         assert (repo / f"results/benchmarks/train_{kind}.tsv").is_file()
         assert "trained" in (repo / f"results/logs/train_{kind}.log").read_text()
     assert not any((repo / "results/.state").glob("*.pt")), "finished runs leave no resumable state"
+    for name in ("fig2_denoising_grid", "fig3_psnr_gain", "fig4_separation", "fig5_density_distance"):
+        for ext in ("pdf", "png"):
+            assert (repo / f"results/figures/{name}.{ext}").stat().st_size > 1000
+    summary = files.load_json(repo / "results/metrics/summary.json")
+    assert set(summary) >= {"psnr_gain_conditional_minus_mixture_db", "separation_median_ratio",
+                            "density_vs_centroid_distance"}
+    assert summary["separation_median_ratio"]["conditional"]["mid"] > 0
+
+
+def test_one_figure_regenerates_alone(smoke_run):
+    target = smoke_run / "results/figures/fig3_psnr_gain.pdf"
+    before = target.read_bytes()
+    target.unlink()
+    run(["snakemake", "results/figures/fig3_psnr_gain.pdf", "--cores", "2", *SMOKE], smoke_run)
+    assert target.read_bytes() == before, "figures are byte-reproducible"
+    assert planned_jobs(smoke_run, SMOKE) == {}
+
+
+def test_report_has_every_figure_and_caption(smoke_run):
+    run(["snakemake", *SMOKE, "--report", "results/report.html"], smoke_run)
+    html = (smoke_run / "results/report.html").read_text(errors="replace")
+    for word in ("fig2_denoising_grid", "fig5_density_distance", "separation ratio"):
+        assert word in html
 
 
 def test_rerun_without_changes_does_nothing(smoke_run):
@@ -86,12 +109,19 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["features"]["batch_size"] = 32
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
-    assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {"centroids": 3, "all": 1}
+    # centroids, and what reads the mixture/conditional features: separation, density, summary, fig4, fig5
+    assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
+        "centroids": 3, "separation": 1, "density": 1, "summary": 1, "figure": 2, "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["train"]["single"]["steps"] = 21
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
     jobs = planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")])
-    assert jobs == {"train": 1, "centroids": 1, "all": 1}  # train_single and centroids_single
+    # train_single, centroids_single, and the sweep that uses the single-class model (summary, fig3)
+    assert jobs == {"train": 1, "centroids": 1, "sweep": 1, "summary": 1, "figure": 1, "all": 1}
+    overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
+    overlay["analysis"]["fig2_sigmas"] = [1.0]
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
+    assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {"figure": 1, "all": 1}
 
 
 def test_config_overrides_on_the_command_line_are_refused(smoke_run):
@@ -105,10 +135,11 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     run(["git", "init", "-q"], repo)
     out = run(["dvc", "repro"], repo).stdout
-    for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_single"):
+    for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_single", "sweep",
+                  "density", "summary", "figure_fig5_density_distance"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "results/models/conditional/model.pt").is_file()
     again = run(["dvc", "repro"], repo).stdout
     assert "Running stage" not in again
     metrics = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "test_psnr" in metrics
+    assert "test_psnr" in metrics and "separation_median_ratio" in metrics

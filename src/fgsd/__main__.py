@@ -39,6 +39,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("sweep", help="output PSNR vs noise level for every denoiser and conditioning")
+    _common(p), _device(p)
+    p.add_argument("--models", required=True, help="directory holding <kind>/model.pt")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="tidy CSV")
+    p = sub.add_parser("separation", help="centroid distances vs within-class spread, per layer")
+    _common(p)
+    p.add_argument("--features", required=True, help="directory holding <kind>/phi.npz")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("density", help="symmetric KL through the conditional denoiser, per class pair")
+    _common(p), _device(p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--phi", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("summary", help="headline numbers -> summary.json")
+    _common(p)
+    p.add_argument("--analysis", required=True, help="directory with sweep.csv, separation.csv, density.csv")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("figure", help="render one paper figure (PDF + PNG)")
+    _common(p)
+    p.add_argument("name", help="fig2_denoising_grid | fig3_psnr_gain | fig4_separation | fig5_density_distance")
+    p.add_argument("--results", default="results", help="the results directory to read")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="the PDF path; the PNG goes beside it")
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the Snakemake DAG")
     p.add_argument("--out", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
@@ -64,6 +89,31 @@ def run(args: argparse.Namespace) -> None:
     elif args.stage == "centroids":
         from .centroids import compute
         compute(cfg, args.model, args.data, args.out, device)
+    elif args.stage == "sweep":
+        from .analysis import sweep
+        sweep(cfg, args.models, args.data, args.out, device)
+    elif args.stage == "separation":
+        from .analysis import separation
+        separation({k: f"{args.features}/{k}/phi.npz" for k in ("mixture", "conditional")}, args.out)
+    elif args.stage == "density":
+        from .analysis import density
+        density(cfg, args.model, args.phi, args.data, args.out, device)
+    elif args.stage == "summary":
+        from .analysis import summary
+        a = args.analysis
+        summary(f"{a}/sweep.csv", f"{a}/separation.csv", f"{a}/density.csv", args.out, f"{a}/psnr_gain.csv")
+    elif args.stage == "figure":
+        from . import figures
+        figures.style()
+        r = args.results
+        if args.name not in figures.FIGURES:
+            raise FgsdError(f"unknown figure '{args.name}': choose one of {sorted(figures.FIGURES)}")
+        inputs = {"fig2_denoising_grid": (f"{r}/models", args.data),
+                  "fig3_psnr_gain": (f"{r}/analysis/sweep.csv",),
+                  "fig4_separation": (f"{r}/analysis/separation.csv",
+                                      {k: f"{r}/features/{k}/phi.npz" for k in ("mixture", "conditional")}, args.data),
+                  "fig5_density_distance": (f"{r}/analysis/density.csv", args.data)}[args.name]
+        figures.FIGURES[args.name](cfg, *inputs, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,14 +23,23 @@ _STAGE_KEYS = {
               "train.lr_decay_factor", "train.checkpoint_every", "train.eval_every",
               "train.eval_sigmas", "train.eval_crops_per_class"],
     "centroids": ["device", "features"],
+    "sweep": ["seed", "device", "analysis.sigmas", "analysis.batch_size", "train.single.class"],
+    "density": ["seed", "device", "analysis.kl_sigma_min", "analysis.kl_sigma_max", "analysis.kl_n_sigmas",
+                "analysis.kl_n_noise", "analysis.kl_max_pairs"],
+    "separation": [],
+    "summary": [],
+    "figure": [],
 }
+_FIGURE_KEYS = {"fig2_denoising_grid": ["seed", "analysis.fig2_sigmas"], "fig3_psnr_gain": ["seed", "train.single.class"]}
 
 
-def stage_keys(stage: str, kind: str | None = None) -> list[str]:
-    """The params keys that stage `stage` (of model `kind`) depends on."""
+def stage_keys(stage: str, kind: str | None = None, name: str | None = None) -> list[str]:
+    """The params keys that stage `stage` (of model `kind`, or figure `name`) depends on."""
     keys = list(_STAGE_KEYS[stage])
     if stage == "train":
         keys.append(f"train.{kind}")
+    if stage == "figure":
+        keys += _FIGURE_KEYS.get(name, [])
     return keys
 
 

@@ -45,6 +45,8 @@ def stage(job) -> tuple[str, dict]:
             metrics.append({f: {"cache": False}})
         elif f.endswith("train_log.csv"):
             plots.append({f: {"x": "step", "y": "psnr_mean", "cache": False}})
+        elif f.endswith("psnr_gain.csv"):
+            plots.append({f: {"x": "input_psnr", "y": "gain", "cache": False}})
         else:
             outs.append(f)
     spec = {"cmd": job.shellcmd.strip(), "deps": sorted(set(map(str, job.input)))}

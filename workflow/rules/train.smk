@@ -15,7 +15,7 @@ rule train:
         "results/logs/train_{kind}.log",
     benchmark:
         "results/benchmarks/train_{kind}.tsv"
-    threads: workflow.cores
+    threads: 8  # scaled down to --cores on smaller machines
     resources:
         mem_mb=4000,
         runtime=120,

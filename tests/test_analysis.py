@@ -1,0 +1,60 @@
+"""Sweep and separation statistics on tiny trained models and on features with known answers."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from fgsd import analysis, data, files, train
+
+
+def test_separation_ratio_by_hand(tmp_path):
+    # two layers (sizes 1 and 2), three classes with known centroids and variances
+    cent = np.array([[0, 0, 0], [1, 0, 0], [0, 3, 4]], np.float32)
+    var = np.array([[1, 4], [4, 1], [1, 1]], np.float32)
+    files.save_npz(tmp_path / "phi.npz", layers=np.array(["a", "b"]), layer_sizes=np.array([1, 2]),
+                   centroids_train=cent, within_var_train=var, centroid_labels_train=np.array([0, 1, 2]),
+                   classes=np.array(["x", "y", "z"]))
+    analysis.separation({"m": tmp_path / "phi.npz"}, tmp_path / "sep.csv")
+    sep = pd.read_csv(tmp_path / "sep.csv").set_index(["cls_a", "cls_b", "layer"])
+    assert sep.loc[("x", "y", "a"), "ratio"] == pytest.approx(1 / np.sqrt(1 * 4))
+    assert sep.loc[("x", "z", "b"), "centroid_sqdist"] == pytest.approx(25)
+    assert sep.loc[("x", "z", "b"), "ratio"] == pytest.approx(25 / np.sqrt(4 * 1))
+    assert sep.loc[("y", "z", "all"), "ratio"] == pytest.approx((1 + 25) / np.sqrt(5 * 2))
+
+
+@pytest.fixture
+def trained(tiny_cfg, tmp_path):
+    data.prepare(tiny_cfg, tmp_path / "data")
+    for kind in ("mixture", "conditional", "single"):
+        train.train(tiny_cfg, kind, tmp_path / "data", tmp_path / "models" / kind, tmp_path / "state")
+    return tiny_cfg, tmp_path
+
+
+def test_sweep_rows_and_input_psnr(trained):
+    cfg, tmp = trained
+    cfg["analysis"]["sigmas"] = [0.05, 0.5]
+    analysis.sweep(cfg, tmp / "models", tmp / "data", tmp / "sweep.csv", device="cpu")
+    d = pd.read_csv(tmp / "sweep.csv")
+    n_test = len(files.load_npz(tmp / "data" / "test.npz")["labels"])
+    assert len(d) == n_test * 2 * 6
+    pairs = set(zip(d.model, d.conditioning))
+    assert pairs == {("conditional", "exemplar"), ("conditional", "centroid"), ("conditional", "wrong"),
+                     ("conditional", "y0-centroid"), ("mixture", "none"), ("single", "none")}
+    # input PSNR of x + σz is close to -20 log10 σ (before clipping, peak 1)
+    for s in (0.05, 0.5):
+        assert d[d.sigma == s].input_psnr.mean() == pytest.approx(-20 * np.log10(s), abs=0.5)
+    # the same noise for every denoiser: input PSNR identical across models per image and sigma
+    assert d.groupby(["image", "sigma"]).input_psnr.nunique().max() == 1
+    assert set(d[d.is_y0].cls) == {cfg["train"]["single"]["class"]}
+    gain = analysis.psnr_gain(d)
+    assert len(gain) == 12 and (gain.n == n_test).all()
+
+
+def test_density_stage_and_summary(trained):
+    cfg, tmp = trained
+    from fgsd import centroids
+    centroids.compute(cfg, tmp / "models/conditional/model.pt", tmp / "data", tmp / "f", device="cpu")
+    cfg["analysis"].update(kl_n_sigmas=3, kl_max_pairs=2)
+    analysis.density(cfg, tmp / "models/conditional/model.pt", tmp / "f/phi.npz", tmp / "data", tmp / "d.csv", "cpu")
+    d = pd.read_csv(tmp / "d.csv")
+    assert len(d) == 2 and np.allclose(d.sym_kl, d.kl_ab + d.kl_ba, rtol=1e-4) and (d.sym_kl_diff_form >= 0).all()
+    assert (d.centroid_sqdist > 0).all()

@@ -1,0 +1,29 @@
+FIGURE_INPUTS = {
+    "fig2_denoising_grid": ["results/models/conditional/model.pt", "results/models/mixture/model.pt"],
+    "fig3_psnr_gain": ["results/analysis/sweep.csv"],
+    "fig4_separation": ["results/analysis/separation.csv", "results/features/mixture/phi.npz",
+                        "results/features/conditional/phi.npz"],
+    "fig5_density_distance": ["results/analysis/density.csv"],
+}
+FIGURES = list(FIGURE_INPUTS)
+
+
+rule figure:
+    input:
+        DATA_FILES,
+        lambda wildcards: FIGURE_INPUTS[wildcards.name],
+        code("network", "data", "train", "kl", "analysis", "figures"),
+    output:
+        pdf="results/figures/{name}.pdf",
+        png=report("results/figures/{name}.png", caption="../report/figure.rst", category="Figures"),
+    params:
+        tracked=tracked("figure"),
+        data=DATA,
+    log:
+        "results/logs/figure_{name}.log",
+    benchmark:
+        "results/benchmarks/figure_{name}.tsv"
+    wildcard_constraints:
+        name="|".join(FIGURES),
+    shell:
+        "python -m fgsd figure {wildcards.name} --data {params.data} --out {output.pdf} --log {log}"
