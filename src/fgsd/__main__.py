@@ -70,6 +70,11 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _phi_files(features_dir: str) -> dict[str, str]:
+    """The feature files the separation statistics and Fig 4 compare."""
+    return {k: f"{features_dir}/{k}/phi.npz" for k in ("mixture", "conditional")}
+
+
 def run(args: argparse.Namespace) -> None:
     if args.stage == "dvc-yaml":
         from . import dvcgen
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
         sweep(cfg, args.models, args.data, args.out, device)
     elif args.stage == "separation":
         from .analysis import separation
-        separation({k: f"{args.features}/{k}/phi.npz" for k in ("mixture", "conditional")}, args.out)
+        separation(_phi_files(args.features), args.out)
     elif args.stage == "density":
         from .analysis import density
         density(cfg, args.model, args.phi, args.data, args.out, device)
@@ -110,8 +115,7 @@ def run(args: argparse.Namespace) -> None:
             raise FgsdError(f"unknown figure '{args.name}': choose one of {sorted(figures.FIGURES)}")
         inputs = {"fig2_denoising_grid": (f"{r}/models", args.data),
                   "fig3_psnr_gain": (f"{r}/analysis/sweep.csv",),
-                  "fig4_separation": (f"{r}/analysis/separation.csv",
-                                      {k: f"{r}/features/{k}/phi.npz" for k in ("mixture", "conditional")}, args.data),
+                  "fig4_separation": (f"{r}/analysis/separation.csv", _phi_files(f"{r}/features"), args.data),
                   "fig5_density_distance": (f"{r}/analysis/density.csv", args.data)}[args.name]
         figures.FIGURES[args.name](cfg, *inputs, args.out)
 

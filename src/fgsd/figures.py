@@ -20,7 +20,7 @@ from . import analysis, files  # noqa: E402
 from .data import load_split  # noqa: E402
 from .train import generator, load_model, to_float  # noqa: E402
 
-COLORS = {"conditional": "#1f77b4", "mixture": "#ff7f0e", "single": "#2ca02c", "wrong": "#d62728"}
+COLORS = {"conditional": "#1f77b4", "mixture": "#ff7f0e", "single": "#2ca02c"}
 
 
 def style() -> None:
