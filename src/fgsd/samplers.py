@@ -2,6 +2,9 @@
 blind network ignores it). One function per algorithm; every random draw comes from a
 per-sample generator, so a sample does not depend on the batch it was drawn in.
 
+- `coarse_to_fine`: Algorithm A of METHOD.md §6 (Kadkhodaie & Simoncelli), stochastic ascent
+  with sigma estimated from the residual, per-image stop mask and divergence guard. With a
+  conditional denoiser (phi_y bound in the callable) it is Algorithm B.
 - `ddim`: DDIM (Song et al. 2021) in variance-exploding form: x_sigma = x0 + sigma * eps.
   eta = 0 is deterministic DDIM, eta = 1 ancestral sampling from the VE posterior.
 - `ddim_invert`: the deterministic encoding of an image into a latent at sigma_max.
@@ -10,6 +13,7 @@ per-sample generator, so a sample does not depend on the batch it was drawn in.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -27,6 +31,69 @@ def sample_generators(seeds: list[int]) -> list[torch.Generator]:
 def per_sample_randn(gens: list[torch.Generator], shape: tuple, device="cpu", dtype=torch.float32) -> torch.Tensor:
     """One standard normal draw of `shape` per sample, each from its own generator."""
     return torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in gens]).to(device)
+
+
+@dataclass
+class Trace:
+    """What a coarse-to-fine run did, per step: enough to plot it or to predict its output."""
+    steps: torch.Tensor                       # steps each sample took before its stop
+    nfe: int                                  # network evaluations of the batch (incl. the final one)
+    h: list = field(default_factory=list)     # step size h_t
+    sigma: list = field(default_factory=list) # mean estimated sigma of the moving samples
+    level: list = field(default_factory=list) # mean noise level handed to the denoiser
+
+
+def step_size(t: int, h0: float, fixed_h: bool) -> float:
+    """[K]'s increasing schedule h_t = h0 t / (1 + h0 (t - 1)) (tends to 1), or h0 throughout."""
+    return h0 if fixed_h else h0 * t / (1 + h0 * (t - 1))
+
+
+@torch.no_grad()
+def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], sigma0=1.0, sigma_final=0.01, h0=0.01,
+                   beta=0.5, fixed_h=False, init_mean=0.5, max_steps=5000, diverge_at=5.0, device="cpu",
+                   dtype=torch.float32, progress=None) -> tuple[torch.Tensor, Trace]:
+    """Algorithm A:  d_t = x^(y) - y,  sigma_t^2 = ||d_t||^2 / D,
+    gamma_t^2 = ((1 - beta h_t)^2 - (1 - h_t)^2) sigma_t^2,  y <- y + h_t d_t + gamma_t z_t,
+    per image until sigma_t < sigma_final, then one last denoising step. The step leaves noise
+    (1 - beta h_t) sigma_t, which is the level handed to the denoiser next (blind networks ignore it).
+    init_mean: a float or a tensor of `shape` (e.g. the training mean image)."""
+    gens = sample_generators(seeds)
+    n, dim = len(seeds), math.prod(shape)
+    y = init_mean + sigma0 * per_sample_randn(gens, shape, device, dtype)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    steps = torch.zeros(n, dtype=torch.long)
+    sigma = torch.full((n,), float(sigma0), device=device, dtype=dtype)
+    level = sigma.clone()
+    trace = Trace(steps=steps, nfe=0)
+    bcast = (-1,) + (1,) * len(shape)
+    t = 0
+    while True:
+        d = denoise(y, level) - y
+        trace.nfe += 1
+        sigma = torch.where(active, d.flatten(1).norm(dim=1) / math.sqrt(dim), sigma)  # frozen once stopped
+        if (sigma[active] > diverge_at).any():
+            raise FgsdError(f"coarse-to-fine sampler diverged at step {t + 1}: estimated sigma "
+                            f"{float(sigma[active].max()):.3g} > {diverge_at} (lower h0 or check the denoiser)")
+        active &= sigma > sigma_final
+        if not active.any():
+            break
+        t += 1
+        if t > max_steps:
+            raise FgsdError(f"coarse-to-fine sampler: {int(active.sum())} of {n} samples did not reach "
+                            f"sigma_final={sigma_final} in max_steps={max_steps} (raise max_steps, h0 or beta)")
+        h = step_size(t, h0, fixed_h)
+        gamma = math.sqrt(max((1 - beta * h) ** 2 - (1 - h) ** 2, 0.0)) * sigma
+        z = per_sample_randn(gens, shape, device, dtype)  # drawn for every sample: streams stay aligned
+        m = active.view(bcast).to(dtype)
+        y = y + m * (h * d + gamma.view(bcast) * z)
+        level = torch.where(active, (1 - beta * h) * sigma, level)
+        steps += active.cpu().long()
+        trace.h.append(h)
+        trace.sigma.append(float(sigma[active].mean()))
+        trace.level.append(float(level[active].mean()))
+        if progress is not None:
+            progress(t, float(sigma[active].max()))
+    return y + d, trace  # the last residual is the final denoising step
 
 
 def sigma_schedule(sigma_max: float, sigma_min: float, n_steps: int, spacing: str = "uniform") -> np.ndarray:
