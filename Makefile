@@ -27,7 +27,7 @@ setup: $(STAMP)
 	@python -c "import fgsd, pathlib, sys; sys.exit(pathlib.Path(fgsd.__file__).parent != pathlib.Path('src/fgsd').resolve())" 2>/dev/null \
 	  || pip install -q --no-deps -e .
 
-$(STAMP): pyproject.toml
+$(STAMP):                  # its name carries the hash of pyproject.toml, so no mtime check
 	python3 -m venv $(VENV)
 	pip install -q -e '.[test]'
 	touch $@
