@@ -54,9 +54,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--phi", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("sample", help="one sample set (conditional, mixture, interpolation, ...)")
+    _common(p), _device(p)
+    p.add_argument("set", help="conditional | mixture | interpolation | mixing | fewshot | nfe | inversion")
+    p.add_argument("--models", required=True, help="directory holding <kind>/model.pt")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="the set's npz")
+    p = sub.add_parser("classifier", help="train the in-domain classifier (evaluation judge and FID features)")
+    _common(p), _device(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output directory for model.pt and metrics.json")
+    p = sub.add_parser("evaluate", help="accuracy, KID/FID/precision/recall and memorisation of the samples")
+    _common(p), _device(p)
+    p.add_argument("--samples", required=True, help="directory holding the sample sets' npz files")
+    p.add_argument("--data", required=True)
+    p.add_argument("--classifier", required=True, help="the classifier's model.pt")
+    p.add_argument("--out", required=True, help="tidy CSV; the headline JSON goes beside it as samples.json")
     p = sub.add_parser("summary", help="headline numbers -> summary.json")
     _common(p)
     p.add_argument("--analysis", required=True, help="directory with sweep.csv, separation.csv, density.csv")
+    p.add_argument("--samples", required=True, help="samples.json from the evaluate stage")
+    p.add_argument("--classifier", required=True, help="the classifier's metrics.json")
     p.add_argument("--out", required=True)
     p = sub.add_parser("figure", help="render one paper figure (PDF + PNG)")
     _common(p)
@@ -103,10 +121,21 @@ def run(args: argparse.Namespace) -> None:
     elif args.stage == "density":
         from .analysis import density
         density(cfg, args.model, args.phi, args.data, args.out, device)
+    elif args.stage == "sample":
+        from .generate import generate
+        generate(cfg, args.set, args.models, args.data, args.out, device)
+    elif args.stage == "classifier":
+        from .classifier import train_classifier
+        train_classifier(cfg, args.data, args.out, device)
+    elif args.stage == "evaluate":
+        from .evaluate import evaluate
+        evaluate(cfg, args.samples, args.data, args.classifier, args.out,
+                 os.path.join(os.path.dirname(args.out), "samples.json"), device)
     elif args.stage == "summary":
         from .analysis import summary
         a = args.analysis
-        summary(f"{a}/sweep.csv", f"{a}/separation.csv", f"{a}/density.csv", args.out, f"{a}/psnr_gain.csv")
+        summary(f"{a}/sweep.csv", f"{a}/separation.csv", f"{a}/density.csv", args.out, f"{a}/psnr_gain.csv",
+                args.samples, args.classifier)
     elif args.stage == "figure":
         from . import figures
         figures.style()

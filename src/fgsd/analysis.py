@@ -139,7 +139,7 @@ def correlations(density_df: pd.DataFrame, column: str = "sym_kl") -> dict:
                 n_negative=int((y < 0).sum()))
 
 
-def summary(sweep_csv, separation_csv, density_csv, out_json, gain_csv) -> None:
+def summary(sweep_csv, separation_csv, density_csv, out_json, gain_csv, samples_json, classifier_json) -> None:
     sw = pd.read_csv(sweep_csv)
     gain = psnr_gain(sw)
     files.save_csv(gain_csv, gain)
@@ -155,5 +155,7 @@ def summary(sweep_csv, separation_csv, density_csv, out_json, gain_csv) -> None:
         separation_median_ratio={m: {l: float(ratios[m, l]) for l in ratios[m].index} for m in ratios.index.levels[0]},
         density_vs_centroid_distance=correlations(dens),
         density_diff_form_vs_centroid_distance=correlations(dens, "sym_kl_diff_form"),
+        sample_quality=files.load_json(samples_json),
+        classifier={k: v for k, v in files.load_json(classifier_json).items() if k != "per_class_accuracy"},
     )
     files.save_json(out_json, out)

@@ -26,18 +26,34 @@ _STAGE_KEYS = {
     "sweep": ["seed", "device", "analysis.sigmas", "analysis.batch_size", "train.single.class"],
     "density": ["seed", "device", "analysis.kl_sigma_min", "analysis.kl_sigma_max", "analysis.kl_n_sigmas",
                 "analysis.kl_n_noise", "analysis.kl_max_pairs"],
+    "sample": ["seed", "device"] + [f"sampling.{k}" for k in ("sigma0", "sigma_final", "h0", "beta", "fixed_h",
+                                                             "max_steps")],
+    "classifier": ["seed", "device", "evaluate.classifier_steps", "evaluate.classifier_batch",
+                   "evaluate.classifier_lr", "evaluate.classifier_width", "evaluate.feature_dim"],
+    "evaluate": ["seed", "device", "evaluate.kid_subset_size", "evaluate.inception_weights"],
     "separation": [],
     "summary": [],
     "figure": [],
 }
+_SAMPLE_KEYS = {  # beyond the sampler settings every set shares
+    "conditional": ["per_class", "exemplars"],
+    "mixture": ["per_class"],
+    "interpolation": ["pairs", "per_pair", "alphas", "exemplars", "inversion_steps", "ddim_spacing"],
+    "mixing": ["pairs", "per_pair", "mixing_sigmas", "exemplars"],
+    "fewshot": ["fewshot_n", "fewshot_per_n"],
+    "nfe": ["nfe_per_class", "nfe_betas", "ddim_steps", "ddim_eta", "ddim_spacing", "exemplars"],
+    "inversion": ["inversion_steps", "inversion_per_class", "ddim_spacing", "exemplars"],
+}
 _FIGURE_KEYS = {"fig2_denoising_grid": ["seed", "analysis.fig2_sigmas"], "fig3_psnr_gain": ["seed", "train.single.class"]}
 
 
-def stage_keys(stage: str, kind: str | None = None, name: str | None = None) -> list[str]:
-    """The params keys that stage `stage` (of model `kind`, or figure `name`) depends on."""
+def stage_keys(stage: str, kind: str | None = None, name: str | None = None, sample_set: str | None = None) -> list[str]:
+    """The params keys that stage `stage` (of model `kind`, figure `name` or `sample_set`) depends on."""
     keys = list(_STAGE_KEYS[stage])
     if stage == "train":
         keys.append(f"train.{kind}")
+    if stage == "sample":
+        keys += [f"sampling.{k}" for k in _SAMPLE_KEYS[sample_set]]
     if stage == "figure":
         keys += _FIGURE_KEYS.get(name, [])
     return keys
@@ -112,6 +128,24 @@ def check(cfg: dict, origin: str) -> None:
     for kind in MODEL_KINDS:
         need(t[kind]["steps"] > 0, f"train.{kind}.steps", "must be positive")
     need(t["batch_size"] > 0, "train.batch_size", "must be positive")
+    s, e = cfg["sampling"], cfg["evaluate"]
+    need(0 < s["beta"] <= 1, "sampling.beta", "must be in (0, 1]")
+    need(0 < s["h0"] <= 1, "sampling.h0", "must be in (0, 1]")
+    need(0 < s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be in (0, sampling.sigma0)")
+    need(0 <= s["ddim_eta"] <= 1, "sampling.ddim_eta", "must be in [0, 1]")
+    need(s["ddim_spacing"] in ("uniform", "quadratic"), "sampling.ddim_spacing", "must be uniform or quadratic")
+    need(all(0 <= a <= 1 for a in s["alphas"]), "sampling.alphas", "must lie in [0, 1]")
+    need(all(n > 0 for n in s["fewshot_n"]), "sampling.fewshot_n", "must be positive counts")
+    need(all(n > 0 for n in s["ddim_steps"]), "sampling.ddim_steps", "must be positive step counts")
+    need(all(0 < b <= 1 for b in s["nfe_betas"]), "sampling.nfe_betas", "must lie in (0, 1]")
+    for key in ("per_class", "pairs", "per_pair", "fewshot_per_n", "nfe_per_class", "inversion_steps",
+                "inversion_per_class", "max_steps"):
+        need(s[key] > 0, f"sampling.{key}", "must be positive")
+    need(s["exemplars"] >= 0, "sampling.exemplars", "must be >= 0 (0 = all training crops)")
+    need(e["feature_dim"] > 0 and e["feature_dim"] % 8 == 0, "evaluate.feature_dim", "must be a positive multiple of 8")
+    need(e["classifier_width"] > 0 and e["classifier_width"] % 8 == 0, "evaluate.classifier_width",
+         "must be a positive multiple of 8")
+    need(e["kid_subset_size"] >= 2, "evaluate.kid_subset_size", "must be at least 2")
 
 
 def get(cfg: dict, dotted: str):

@@ -59,6 +59,8 @@ rule summary:
         "results/analysis/sweep.csv",
         "results/analysis/separation.csv",
         "results/analysis/density.csv",
+        "results/metrics/samples.json",
+        "results/models/classifier/metrics.json",
         code("network", "data", "train", "kl", "analysis"),
     output:
         summary="results/metrics/summary.json",
@@ -70,4 +72,5 @@ rule summary:
     benchmark:
         "results/benchmarks/summary.tsv"
     shell:
-        "python -m fgsd summary --analysis results/analysis --out {output.summary} --log {log}"
+        "python -m fgsd summary --analysis results/analysis --samples results/metrics/samples.json"
+        " --classifier results/models/classifier/metrics.json --out {output.summary} --log {log}"

@@ -1,0 +1,111 @@
+"""In-domain classifier: the judge of class membership for generated samples, and the feature
+extractor torch-fidelity uses for FID/KID/precision-recall (Inception weights cannot be
+downloaded here; DESIGN.md §3). Trained on clean training crops of every class, the held-out
+(unseen) classes included, since it evaluates the few-shot samples too; the generative models
+never see it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import files
+from .data import load_split
+from .errors import FgsdError
+from .train import generator, resolve_device, to_float
+
+log = logging.getLogger("fgsd")
+
+
+class Classifier(nn.Module):
+    """Three conv stages and a global average pool: `features` is the pooled vector."""
+
+    def __init__(self, channels: int, n_classes: int, width: int = 32, feature_dim: int = 64):
+        super().__init__()
+        self.config = dict(channels=channels, n_classes=n_classes, width=width, feature_dim=feature_dim)
+
+        def stage(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.ReLU(),
+                    nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.ReLU()]
+        self.body = nn.Sequential(*stage(channels, width), nn.AvgPool2d(2), *stage(width, 2 * width), nn.AvgPool2d(2),
+                                  *stage(2 * width, feature_dim), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(feature_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x in [0, 1] -> (features, logits)."""
+        feat = self.body(x - 0.5)
+        return feat, self.head(feat)
+
+
+def labelled_crops(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Crops of every class for `split` (train or test): seen classes from train/test.npz, held-out
+    classes from the matching region of unseen.npz."""
+    part = load_split(data_dir, split)
+    unseen = load_split(data_dir, "unseen")
+    keep = unseen["region"] == (0 if split == "train" else 1)
+    x = np.concatenate([part["images"], unseen["images"][keep]])
+    y = np.concatenate([part["labels"], unseen["labels"][keep]])
+    return to_float(x), torch.from_numpy(y), [str(c) for c in part["classes"]]
+
+
+@torch.no_grad()
+def predict(model: Classifier, x: torch.Tensor, device, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, predicted labels) of images in [0, 1]."""
+    feats, preds = [], []
+    for i in range(0, len(x), batch):
+        f, logits = model(x[i:i + batch].to(device))
+        feats.append(f.cpu()), preds.append(logits.argmax(1).cpu())
+    return torch.cat(feats), torch.cat(preds)
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips: textures keep their class under a mirror."""
+    flip = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def train_classifier(cfg: dict, data_dir: str | Path, out_dir: str | Path, device="auto") -> dict:
+    e, seed = cfg["evaluate"], cfg["seed"]
+    device = resolve_device(device)
+    x, y, classes = labelled_crops(data_dir, "train")
+    xt, yt, _ = labelled_crops(data_dir, "test")
+    torch.manual_seed(seed)
+    model = Classifier(x.shape[1], len(classes), e["classifier_width"], e["feature_dim"]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=e["classifier_lr"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, e["classifier_steps"])
+    bar = tqdm(range(e["classifier_steps"]), desc="classifier", unit="step")
+    for step in bar:
+        g = generator(seed, 31, step)
+        idx = torch.randint(len(x), (e["classifier_batch"],), generator=g)
+        _, logits = model(augment(x[idx], g).to(device))
+        loss = nn.functional.cross_entropy(logits, y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(), sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    _, pred = predict(model, xt, device)
+    acc = {c: float((pred[yt == k] == k).float().mean()) for k, c in enumerate(classes) if (yt == k).any()}
+    metrics = dict(test_accuracy=float((pred == yt).float().mean()), n_test=len(yt), n_train=len(x),
+                   n_classes=len(classes), per_class_accuracy=acc)
+    log.info("classifier: test accuracy %.3f on %d crops of %d classes", metrics["test_accuracy"], len(yt), len(classes))
+    out_dir = Path(out_dir)
+    files.save_torch(out_dir / "model.pt", dict(config=model.config, classes=classes,
+                                                state_dict={k: v.cpu() for k, v in model.state_dict().items()}))
+    files.save_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def load_classifier(path: str | Path, device="cpu") -> tuple[Classifier, list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FgsdError(f"missing classifier file: {path}")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = Classifier(**ckpt["config"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt["classes"]
