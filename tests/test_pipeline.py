@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -76,13 +77,22 @@ def test_smoke_chain_produces_every_output(smoke_run):
         assert (repo / f"results/benchmarks/train_{kind}.tsv").is_file()
         assert "trained" in (repo / f"results/logs/train_{kind}.log").read_text()
     assert not any((repo / "results/.state").glob("*.pt")), "finished runs leave no resumable state"
-    for name in ("fig2_denoising_grid", "fig3_psnr_gain", "fig4_separation", "fig5_density_distance"):
+    for name in ("fig2_denoising_grid", "fig3_psnr_gain", "fig4_separation", "fig5_density_distance",
+                 "fig6_samples", "fig7_interpolation", "fig8_fewshot", "fig9_quality_nfe"):
         for ext in ("pdf", "png"):
             assert (repo / f"results/figures/{name}.{ext}").stat().st_size > 1000
+    for name in ("conditional", "mixture", "interpolation", "mixing", "fewshot", "nfe", "inversion"):
+        assert len(files.load_npz(repo / f"results/samples/{name}.npz")["images"]) > 0
     summary = files.load_json(repo / "results/metrics/summary.json")
     assert set(summary) >= {"psnr_gain_conditional_minus_mixture_db", "separation_median_ratio",
-                            "density_vs_centroid_distance"}
+                            "density_vs_centroid_distance", "sample_quality", "classifier"}
     assert summary["separation_median_ratio"]["conditional"]["mid"] > 0
+    q = summary["sample_quality"]
+    assert q["conditional"]["kid"]["n_samples"] == 11 * 2 and q["conditional"]["kid"]["n_real"] == 11 * 8
+    assert 0 <= q["conditional"]["accuracy"]["value"] <= 1 and set(q["fewshot_accuracy_by_n_exemplars"]) == {"1", "5"}
+    table = pd.read_csv(repo / "results/metrics/samples.csv")
+    assert {"set", "variant", "param", "metric", "value", "n_samples", "n_real", "extractor"} <= set(table.columns)
+    assert set(table[table.set == "nfe"].variant) == {"c2f beta=0.5", "ddim 5", "ddim 10"}
 
 
 def test_one_figure_regenerates_alone(smoke_run):
@@ -97,7 +107,7 @@ def test_one_figure_regenerates_alone(smoke_run):
 def test_report_has_every_figure_and_caption(smoke_run):
     run(["snakemake", *SMOKE, "--report", "results/report.html"], smoke_run)
     html = (smoke_run / "results/report.html").read_text(errors="replace")
-    for word in ("fig2_denoising_grid", "fig5_density_distance", "separation ratio"):
+    for word in ("fig2_denoising_grid", "fig5_density_distance", "separation ratio", "fig9_quality_nfe", "Algorithm C'"):
         assert word in html
 
 
@@ -122,6 +132,12 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     overlay["analysis"]["fig2_sigmas"] = [1.0]
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
     assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {"figure": 1, "all": 1}
+    overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
+    overlay["sampling"]["ddim_steps"] = [5]
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
+    # only the quality-vs-NFE set, and what reads the sample metrics (the four sample figures)
+    assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
+        "sample": 1, "evaluate": 1, "summary": 1, "figure": 4, "all": 1}
 
 
 def test_config_overrides_on_the_command_line_are_refused(smoke_run):
@@ -136,10 +152,11 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     run(["git", "init", "-q"], repo)
     out = run(["dvc", "repro"], repo).stdout
     for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_single", "sweep",
-                  "density", "summary", "figure_fig5_density_distance"):
+                  "density", "summary", "figure_fig5_density_distance", "sample_nfe", "classifier", "evaluate",
+                  "figure_fig6_samples"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "results/models/conditional/model.pt").is_file()
     again = run(["dvc", "repro"], repo).stdout
     assert "Running stage" not in again
     metrics = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "test_psnr" in metrics and "separation_median_ratio" in metrics
+    assert "test_psnr" in metrics and "separation_median_ratio" in metrics and "test_accuracy" in metrics

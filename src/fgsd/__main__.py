@@ -78,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p = sub.add_parser("figure", help="render one paper figure (PDF + PNG)")
     _common(p)
-    p.add_argument("name", help="fig2_denoising_grid | fig3_psnr_gain | fig4_separation | fig5_density_distance")
+    p.add_argument("name", help="fig2_denoising_grid | fig3_psnr_gain | fig4_separation | fig5_density_distance"
+                                " | fig6_samples | fig7_interpolation | fig8_fewshot | fig9_quality_nfe")
     p.add_argument("--results", default="results", help="the results directory to read")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="the PDF path; the PNG goes beside it")
@@ -137,16 +138,18 @@ def run(args: argparse.Namespace) -> None:
         summary(f"{a}/sweep.csv", f"{a}/separation.csv", f"{a}/density.csv", args.out, f"{a}/psnr_gain.csv",
                 args.samples, args.classifier)
     elif args.stage == "figure":
-        from . import figures
+        from . import figures, sample_figures
         figures.style()
         r = args.results
-        if args.name not in figures.FIGURES:
-            raise FgsdError(f"unknown figure '{args.name}': choose one of {sorted(figures.FIGURES)}")
         inputs = {"fig2_denoising_grid": (f"{r}/models", args.data),
                   "fig3_psnr_gain": (f"{r}/analysis/sweep.csv",),
                   "fig4_separation": (f"{r}/analysis/separation.csv", _phi_files(f"{r}/features"), args.data),
-                  "fig5_density_distance": (f"{r}/analysis/density.csv", args.data)}[args.name]
-        figures.FIGURES[args.name](cfg, *inputs, args.out)
+                  "fig5_density_distance": (f"{r}/analysis/density.csv", args.data)}
+        inputs.update({name: (f"{r}/samples", f"{r}/metrics/samples.csv", args.data) for name in sample_figures.FIGURES})
+        draw = {**figures.FIGURES, **sample_figures.FIGURES}
+        if args.name not in draw:
+            raise FgsdError(f"unknown figure '{args.name}': choose one of {sorted(draw)}")
+        draw[args.name](cfg, *inputs[args.name], args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

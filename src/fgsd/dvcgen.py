@@ -41,7 +41,7 @@ def stage(job) -> tuple[str, dict]:
     name = "_".join([job.rule.name, *map(str, job.wildcards)])
     outs, metrics, plots = [], [], []
     for f in map(str, job.output):
-        if f.endswith("metrics.json") or f.startswith("results/metrics/"):
+        if f.endswith("metrics.json") or (f.startswith("results/metrics/") and f.endswith(".json")):
             metrics.append({f: {"cache": False}})
         elif f.endswith("train_log.csv"):
             plots.append({f: {"x": "step", "y": "psnr_mean", "cache": False}})

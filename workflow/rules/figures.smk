@@ -4,6 +4,13 @@ FIGURE_INPUTS = {
     "fig4_separation": ["results/analysis/separation.csv", "results/features/mixture/phi.npz",
                         "results/features/conditional/phi.npz"],
     "fig5_density_distance": ["results/analysis/density.csv"],
+    **{name: ["results/metrics/samples.csv", *sets]
+       for name, sets in {
+           "fig6_samples": ["results/samples/conditional.npz", "results/samples/mixture.npz"],
+           "fig7_interpolation": ["results/samples/interpolation.npz", "results/samples/mixing.npz"],
+           "fig8_fewshot": ["results/samples/fewshot.npz"],
+           "fig9_quality_nfe": [],
+       }.items()},
 }
 FIGURES = list(FIGURE_INPUTS)
 
@@ -12,7 +19,7 @@ rule figure:
     input:
         DATA_FILES,
         lambda wildcards: FIGURE_INPUTS[wildcards.name],
-        code("network", "data", "train", "kl", "analysis", "figures"),
+        code("network", "data", "train", "kl", "analysis", "figures", "sample_figures"),
     output:
         pdf="results/figures/{name}.pdf",
         png=report("results/figures/{name}.png", caption="../report/figure.rst", category="Figures"),

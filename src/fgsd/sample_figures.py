@@ -1,0 +1,163 @@
+"""Figures of the sample sets: per-class sample grids, interpolation and class mixing, few-shot
+classes, and sample quality against network evaluations. Images are tiled into one mosaic per
+panel (one imshow each), so a grid of hundreds of crops stays light and sharp.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import files
+from .data import load_split
+from .figures import save
+
+PAD = 2  # pixels between tiles
+
+
+def mosaic(rows: list[list[np.ndarray]], cols: int | None = None) -> np.ndarray:
+    """uint8 C x H x W crops in rows -> one H x W (x 3) float image with white gaps."""
+    c, h, w = rows[0][0].shape
+    cols = cols or max(len(r) for r in rows)
+    out = np.ones((len(rows) * (h + PAD) - PAD, cols * (w + PAD) - PAD, c))
+    for i, r in enumerate(rows):
+        for j, img in enumerate(r):
+            out[i * (h + PAD):i * (h + PAD) + h, j * (w + PAD):j * (w + PAD) + w] = img.transpose(1, 2, 0) / 255
+    return out.squeeze(-1) if c == 1 else out
+
+
+def show(ax, img: np.ndarray, title: str = "", row_labels: list[str] | None = None, tile: int = 32,
+         col_labels: list[str] | None = None) -> None:
+    ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    step = tile + PAD
+    ax.set_yticks([i * step + tile / 2 for i in range(len(row_labels))] if row_labels else [])
+    ax.set_yticklabels(row_labels or [], fontsize=6)
+    ax.set_xticks([j * step + tile / 2 for j in range(len(col_labels))] if col_labels else [])
+    ax.set_xticklabels(col_labels or [], fontsize=6)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _metric(table: pd.DataFrame, set_name: str, metric: str, param=None, variant=None) -> str:
+    k = (table.set == set_name) & (table.metric == metric)
+    if param is not None:
+        k &= table.param == param
+    if variant is not None:
+        k &= table.variant == variant
+    r = table[k]
+    return f"{r.value.iloc[0]:.2f} (n={r.n_samples.iloc[0]})" if len(r) else "n/a"
+
+
+def _short(name: str) -> str:
+    return name.split("-", 1)[-1]
+
+
+def fig_samples(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+    """Per seen class: training exemplars, feature-guided samples; beside them, mixture samples."""
+    cond = files.load_npz(Path(samples_dir) / "conditional.npz")
+    mix = files.load_npz(Path(samples_dir) / "mixture.npz")
+    train, table = load_split(data_dir, "train"), pd.read_csv(metrics_csv)
+    classes = [str(c) for c in train["classes"]]
+    labels = np.unique(cond["label"])
+    k = min(8, int((cond["label"] == labels[0]).sum()))
+    ex = [list(train["images"][train["labels"] == c][:3]) for c in labels]
+    smp = [list(cond["images"][cond["label"] == c][:k]) for c in labels]
+    per_row = min(k, len(mix["images"]) // len(labels))
+    mx = [list(mix["images"][i * per_row:(i + 1) * per_row]) for i in range(len(labels))]
+    tile = train["images"].shape[-1]
+    fig, ax = plt.subplots(1, 3, figsize=(2 + 0.5 * (3 + 2 * max(k, 3)), 0.42 * len(labels) + 1.2),
+                           gridspec_kw={"width_ratios": [3, k, per_row]})
+    show(ax[0], mosaic(ex), "training crops", [_short(classes[c]) for c in labels], tile)
+    show(ax[1], mosaic(smp), f"feature-guided (Alg. B)\naccuracy {_metric(table, 'conditional', 'accuracy')}",
+         tile=tile)
+    show(ax[2], mosaic(mx), "mixture model (Alg. A)\nrows are not classes", tile=tile)
+    files_note = "centroid from all training crops" if cfg["sampling"]["exemplars"] == 0 else \
+        f"centroid from {cfg['sampling']['exemplars']} training crops"
+    fig.suptitle(f"Samples per class ({files_note}; β={cfg['sampling']['beta']}, h0={cfg['sampling']['h0']})",
+                 fontsize=9)
+    save(fig, out)
+
+
+def fig_interpolation(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+    """Algorithm C (phi_alpha, same noise seed along a row; last row per pair: DDIM slerp between
+    inverted real crops) and Algorithm C' (class a above the switch sigma, class b below)."""
+    interp = files.load_npz(Path(samples_dir) / "interpolation.npz")
+    mixing = files.load_npz(Path(samples_dir) / "mixing.npz")
+    classes = [str(c) for c in load_split(data_dir, "train")["classes"]]
+    tile = interp["images"].shape[-1]
+    fig, ax = plt.subplots(1, 2, figsize=(12, 0.5 * len(interp["images"]) / len(np.unique(interp["param"])) + 1.5))
+    for a, t, name, fmt in ((ax[0], interp, "Alg. C: φ_α = (1-α) φ_a + α φ_b", "α={:g}"),
+                            (ax[1], mixing, "Alg. C': class a while σ̂ > s, then class b", "s={:g}")):
+        params = list(dict.fromkeys(t["param"].tolist()))
+        rows, labels = [], []
+        for key in dict.fromkeys(zip(t["label"].tolist(), t["class_b"].tolist(), t["variant"].tolist(),
+                                     t["seed"].tolist())):
+            k = (t["label"] == key[0]) & (t["class_b"] == key[1]) & (t["variant"] == key[2]) & (t["seed"] == key[3])
+            rows.append(list(t["images"][k]))
+            labels.append(f"{_short(classes[key[0]])}→{_short(classes[key[1]])}" +
+                          (" (DDIM slerp)" if key[2] == "ddim-slerp" else ""))
+        show(a, mosaic(rows, len(params)), name, labels, tile, [fmt.format(p) for p in params])
+    fig.suptitle("Out-of-distribution generation by feature interpolation, and coarse-to-fine class mixing", fontsize=9)
+    save(fig, out)
+
+
+def fig_fewshot(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+    """Held-out classes: real crops, then samples from centroids of N exemplars per row."""
+    few = files.load_npz(Path(samples_dir) / "fewshot.npz")
+    unseen, table = load_split(data_dir, "unseen"), pd.read_csv(metrics_csv)
+    classes = [str(c) for c in unseen["classes"]]
+    tile = few["images"].shape[-1]
+    rows, labels = [], []
+    for c in np.unique(few["label"]):
+        real = unseen["images"][(unseen["labels"] == c) & (unseen["region"] == 1)]
+        k = int(((few["label"] == c) & (few["param"] == few["param"][0])).sum())
+        rows.append(list(real[:k])), labels.append(f"{_short(classes[c])}: held-out crops")
+        for n in np.unique(few["param"][few["label"] == c]):
+            rows.append(list(few["images"][(few["label"] == c) & (few["param"] == n)]))
+            labels.append(f"N = {int(n)}")
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * max(len(r) for r in rows), 0.45 * len(rows) + 1))
+    acc = ", ".join(f"N={int(n)}: {_metric(table, 'fewshot', 'accuracy', param=n)}" for n in np.unique(few["param"]))
+    show(ax, mosaic(rows), f"Few-shot classes (never trained on): samples from a centroid of N exemplars\n"
+                           f"classifier accuracy {acc}", labels, tile)
+    save(fig, out)
+
+
+def fig_quality_nfe(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+    """KID and classifier accuracy of conditional samples vs network evaluations per sample."""
+    t = pd.read_csv(metrics_csv)
+    t = t[t.set == "nfe"]
+    wide = t[t.extractor.fillna("").isin(["", "fgsd-classifier"])].pivot_table(
+        index="variant", columns="metric", values="value").reset_index()
+    wide["sampler"] = np.where(wide.variant.str.startswith("ddim"), f"DDIM (η={cfg['sampling']['ddim_eta']:g})",
+                               "coarse-to-fine (Alg. B)")
+    n = int(t.n_samples.iloc[0])
+    real = pd.read_csv(metrics_csv).query("set == 'real' and metric == 'kid' and extractor == 'fgsd-classifier'")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for a, metric, label in ((ax[0], "kid", "KID (in-domain features)"), (ax[1], "accuracy", "classifier accuracy")):
+        for sampler, d in wide.groupby("sampler"):
+            d = d.sort_values("nfe")
+            a.errorbar(d.nfe, d[metric], yerr=d["kid_std"] if metric == "kid" else None, marker="o", capsize=3,
+                       label=sampler)
+            for r in d.itertuples():
+                a.annotate(r.variant.split(" ", 1)[-1], (r.nfe, getattr(r, metric)), fontsize=6,
+                           textcoords="offset points", xytext=(3, 3))
+        a.set_xscale("log"), a.set_xlabel("network evaluations per sample"), a.set_ylabel(label)
+        a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax[1].set_ylim(-0.02, 1.02)
+    if len(real):
+        ax[0].axhline(real.value.iloc[0], color="grey", ls="--", lw=1, label="real train vs test crops")
+    ax[0].legend(fontsize=7)
+    fig.suptitle(f"Sample quality vs cost: {n} conditional samples per setting against held-out crops", fontsize=9)
+    save(fig, out)
+
+
+FIGURES = {"fig6_samples": fig_samples, "fig7_interpolation": fig_interpolation, "fig8_fewshot": fig_fewshot,
+           "fig9_quality_nfe": fig_quality_nfe}

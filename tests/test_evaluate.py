@@ -1,0 +1,76 @@
+"""The evaluation tools on cases with known answers: torch-fidelity through the in-domain
+extractor (identical sets score zero, a shifted set does not), nearest-neighbour distances, and
+the classifier learning easy synthetic textures."""
+import numpy as np
+import pytest
+import torch
+
+from fgsd import classifier, data, evaluate, files
+from fgsd.errors import FgsdError
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """An untrained classifier: random features are enough to tell distributions apart."""
+    torch.manual_seed(0)
+    net = classifier.Classifier(channels=1, n_classes=3, width=16, feature_dim=16)
+    path = tmp_path_factory.mktemp("clf") / "model.pt"
+    files.save_torch(path, dict(config=net.config, classes=["a", "b", "c"], state_dict=net.state_dict()))
+    return path
+
+
+def gratings(n, freq, seed):
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:16, :16]
+    phase = g.uniform(0, 2 * np.pi, (n, 1, 1))
+    img = 0.5 + 0.3 * np.sin(freq * xx[None] + phase) + 0.05 * g.standard_normal((n, 16, 16))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)[:, None]
+
+
+def test_fidelity_of_a_set_against_itself_is_zero(weights):
+    x = gratings(40, 0.5, 0)
+    m = evaluate.fidelity(x, x, evaluate.EXTRACTOR, weights, kid_subset=20, seed=0, device=torch.device("cpu"))
+    assert abs(m["fid"]) < 1e-3 and abs(m["kid"]) < 1e-3
+    assert m["precision"] == 1 and m["recall"] == 1
+
+
+def test_fidelity_separates_distributions(weights):
+    cpu = torch.device("cpu")
+    a, a2, b = gratings(60, 0.5, 1), gratings(60, 0.5, 2), gratings(60, 1.5, 3)
+    same = evaluate.fidelity(a, a2, evaluate.EXTRACTOR, weights, 30, 0, cpu)
+    other = evaluate.fidelity(a, b, evaluate.EXTRACTOR, weights, 30, 0, cpu)
+    assert other["kid"] > 10 * max(abs(same["kid"]), 1e-6) and other["fid"] > 10 * same["fid"]
+    assert other["recall"] < same["recall"]
+
+
+def test_fidelity_is_deterministic_and_caps_the_kid_subset(weights):
+    a, b = gratings(12, 0.5, 4), gratings(30, 1.0, 5)
+    m1 = evaluate.fidelity(a, b, evaluate.EXTRACTOR, weights, 100, 7, torch.device("cpu"))
+    m2 = evaluate.fidelity(a, b, evaluate.EXTRACTOR, weights, 100, 7, torch.device("cpu"))
+    assert m1 == m2
+
+
+def test_nearest_rmse_known_answers():
+    pool = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 8, 8)  # constant images 0, 1, ..., 9
+    assert torch.equal(evaluate.nearest_rmse(pool[:5], pool), torch.zeros(5))
+    probe = torch.cat([pool[:5] + 0.1, torch.full((1, 1, 8, 8), 20.0)])
+    torch.testing.assert_close(evaluate.nearest_rmse(probe, pool, batch=4), torch.tensor([0.1] * 5 + [11.0]))
+
+
+def test_classifier_learns_the_synthetic_textures(tiny_cfg, tmp_path):
+    data.prepare(tiny_cfg, tmp_path / "data")
+    tiny_cfg["evaluate"].update(classifier_steps=60, classifier_width=16, feature_dim=16)
+    metrics = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "clf", "cpu")
+    assert metrics["n_classes"] == 4 and metrics["n_test"] == 4 * 6
+    assert metrics["test_accuracy"] > 0.5, metrics  # chance is 0.25
+    model, classes = classifier.load_classifier(tmp_path / "clf" / "model.pt")
+    assert classes == ["tex0", "tex1", "tex3", "tex2"]  # seen classes first, then the held-out one
+    again = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "clf2", "cpu")
+    assert again == metrics, "same seed, same classifier"
+
+
+def test_missing_inception_weights_name_the_key(tiny_cfg, tmp_path, weights):
+    data.prepare(tiny_cfg, tmp_path / "data")
+    tiny_cfg["evaluate"]["inception_weights"] = str(tmp_path / "nope.pth")
+    with pytest.raises(FgsdError, match="evaluate.inception_weights"):
+        evaluate.Evaluator(tiny_cfg, tmp_path / "data", weights, "cpu")
