@@ -69,10 +69,13 @@ class Recorder(torch.nn.Module):
 
 
 def test_mixing_switches_the_conditioner_at_the_requested_level():
-    coarse, fine = {"mid": torch.zeros(4, 2)}, {"mid": torch.ones(4, 2)}
+    coarse, fine = {"mid": torch.zeros(4, 2)}, {"mid": torch.ones(4, 2)}  # class a -> 0, class b -> 1
     den = generate.network_denoiser(Recorder(), "cpu", coarse, fine, torch.tensor([0.0, 0.3, 0.3, 1.0]), batch=3)
-    out = den(torch.zeros(4, 1, 2, 2), torch.tensor([0.5, 0.5, 0.2, 0.5]))
+    out = den(torch.zeros(4, 1, 2, 2), torch.tensor([0.5, 0.5, 0.2, 0.5]), torch.arange(4))
     assert out[:, 0, 0, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    # rows say which samples the batch holds once others have finished
+    out = den(torch.zeros(2, 1, 2, 2), torch.tensor([0.2, 0.5]), torch.tensor([1, 3]))
+    assert out[:, 0, 0, 0].tolist() == [1.0, 1.0]
 
 
 def test_centroid_exemplars_are_seeded_and_capped(trained):

@@ -29,7 +29,7 @@ def target():
 def exact_denoiser(mean, cov):
     eye = torch.eye(D, dtype=cov.dtype)
 
-    def denoise(y, sigma):
+    def denoise(y, sigma, rows=None):
         out = torch.empty_like(y)
         for s in torch.unique(sigma):
             rows = sigma == s
@@ -59,7 +59,7 @@ def low_rank():
     basis, _ = torch.linalg.qr(torch.randn(HD, len(LAM), generator=g, dtype=torch.float64))
     mean = 0.5 + 0.1 * torch.randn(HD, generator=g, dtype=torch.float64)
 
-    def denoise(y, level):  # exact MMSE denoiser at the level handed in, per sample
+    def denoise(y, level, rows=None):  # exact MMSE denoiser at the level handed in, per sample
         c = (y - mean) @ basis
         return mean + (c * LAM / (LAM + level[:, None] ** 2)) @ basis.T
     return mean, basis, denoise
@@ -97,6 +97,7 @@ def test_coarse_to_fine_matches_its_predicted_moments(low_rank, h0, beta, fixed_
     off = x - low_rank[0] - c @ low_rank[1].T
     assert off.abs().max() < 1e-3, "noise left outside the signal subspace"
     assert trace.nfe == int(trace.steps.max()) + 1 and len(trace.h) == int(trace.steps.max())
+    assert trace.steps.min() < trace.steps.max(), "samples stop on their own"
     assert trace.sigma[0] > 0.9 and trace.sigma[-1] < 0.02 and trace.level[-1] < trace.level[0] / 10
 
 
@@ -113,7 +114,7 @@ def test_coarse_to_fine_with_small_fixed_steps_matches_the_target(low_rank):
 def test_coarse_to_fine_rejects_a_wrong_denoiser(low_rank):
     mean, basis, _ = low_rank
 
-    def wrong(y, level):  # believes the signal is twice as strong
+    def wrong(y, level, rows=None):  # believes the signal is twice as strong
         c = (y - mean) @ basis
         return mean + (c * 2 * LAM / (2 * LAM + level[:, None] ** 2)) @ basis.T
     n = 1000
@@ -170,9 +171,9 @@ def test_coarse_to_fine_does_not_depend_on_the_batch(low_rank):
 
 def test_coarse_to_fine_errors_name_the_fix():
     with pytest.raises(FgsdError, match="diverged.*lower h0"):
-        samplers.coarse_to_fine(lambda y, s: 3 * y, (D,), [0], h0=0.5)
+        samplers.coarse_to_fine(lambda y, s, r: 3 * y, (D,), [0], h0=0.5)
     with pytest.raises(FgsdError, match="did not reach sigma_final.*max_steps=20"):
-        samplers.coarse_to_fine(lambda y, s: y - 0.5, (D,), [0], max_steps=20)
+        samplers.coarse_to_fine(lambda y, s, r: y - 0.5, (D,), [0], max_steps=20)
 
 
 def test_samples_do_not_depend_on_the_batch(target):

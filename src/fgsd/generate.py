@@ -46,15 +46,17 @@ def network_denoiser(model, device, phi=None, phi_fine=None, switch=None, batch=
     """The callable the samplers take. phi: per-sample raw block means {block: (N,K)}; with
     phi_fine and switch (N,), a sample uses phi_fine once its noise level is at or below switch."""
     @torch.no_grad()
-    def denoise(y, level):
+    def denoise(y, level, rows):
         out = []
         for i in range(0, len(y), batch):
+            r = rows[i:i + batch].cpu()
             cond = None
             if phi is not None:
-                cond = {b: v[i:i + batch] for b, v in phi.items()}
+                cond = {b: v[r] for b, v in phi.items()}
                 if phi_fine is not None:
-                    fine = (level[i:i + batch] <= switch[i:i + batch])[:, None]
-                    cond = {b: torch.where(fine, phi_fine[b][i:i + batch], v) for b, v in cond.items()}
+                    fine = (level[i:i + batch].cpu() <= switch[r])[:, None]
+                    cond = {b: torch.where(fine, phi_fine[b][r], v) for b, v in cond.items()}
+                cond = {b: v.to(device) for b, v in cond.items()}
             out.append(model(y[i:i + batch].to(device), cond).to(y.device))
         return torch.cat(out)
     return denoise
@@ -115,8 +117,8 @@ class Context:
             beta=s["beta"] if beta is None else beta, fixed_h=s["fixed_h"], init_mean=self.init_mean,
             max_steps=s["max_steps"], progress=lambda t, sig: (bar.update(1), bar.set_postfix(sigma=f"{sig:.3f}")))
         bar.close()
-        log.info("%s: %d samples, %d network evaluations (steps %d-%d)", desc, len(seeds), trace.nfe,
-                 int(trace.steps.min()), int(trace.steps.max()))
+        log.info("%s: %d samples, %d network evaluations per sample on average (steps %d-%d)", desc, len(seeds),
+                 float(trace.steps.float().mean()) + 1, int(trace.steps.min()), int(trace.steps.max()))
         return x, (trace.steps + 1).numpy()
 
     def ddim(self, denoise, seeds, n_steps, latent=None) -> tuple[torch.Tensor, np.ndarray]:

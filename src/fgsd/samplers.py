@@ -21,7 +21,7 @@ import torch
 
 from .errors import FgsdError
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sample_generators(seeds: list[int]) -> list[torch.Generator]:
@@ -37,7 +37,7 @@ def per_sample_randn(gens: list[torch.Generator], shape: tuple, device="cpu", dt
 class Trace:
     """What a coarse-to-fine run did, per step: enough to plot it or to predict its output."""
     steps: torch.Tensor                       # steps each sample took before its stop
-    nfe: int                                  # network evaluations of the batch (incl. the final one)
+    nfe: int                                  # denoiser calls of the batch (incl. the final one)
     h: list = field(default_factory=list)     # step size h_t
     sigma: list = field(default_factory=list) # mean estimated sigma of the moving samples
     level: list = field(default_factory=list) # mean noise level handed to the denoiser
@@ -54,46 +54,46 @@ def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], sigma0=1.0
                    dtype=torch.float32, progress=None) -> tuple[torch.Tensor, Trace]:
     """Algorithm A:  d_t = x^(y) - y,  sigma_t^2 = ||d_t||^2 / D,
     gamma_t^2 = ((1 - beta h_t)^2 - (1 - h_t)^2) sigma_t^2,  y <- y + h_t d_t + gamma_t z_t,
-    per image until sigma_t < sigma_final, then one last denoising step. The step leaves noise
-    (1 - beta h_t) sigma_t, which is the level handed to the denoiser next (blind networks ignore it).
+    per image until sigma_t < sigma_final; its output is then x^(y) = y + d_t. The step leaves
+    noise (1 - beta h_t) sigma_t, the level handed to the denoiser next (blind networks ignore it).
+    Finished samples leave the batch, so stragglers cost only their own evaluations.
     init_mean: a float or a tensor of `shape` (e.g. the training mean image)."""
     gens = sample_generators(seeds)
     n, dim = len(seeds), math.prod(shape)
     y = init_mean + sigma0 * per_sample_randn(gens, shape, device, dtype)
-    active = torch.ones(n, dtype=torch.bool, device=device)
-    steps = torch.zeros(n, dtype=torch.long)
-    sigma = torch.full((n,), float(sigma0), device=device, dtype=dtype)
-    level = sigma.clone()
-    trace = Trace(steps=steps, nfe=0)
+    out = torch.empty_like(y)
+    rows = torch.arange(n, device=device)           # the samples still moving
+    level = torch.full((n,), float(sigma0), device=device, dtype=dtype)
+    trace = Trace(steps=torch.zeros(n, dtype=torch.long), nfe=0)
     bcast = (-1,) + (1,) * len(shape)
     t = 0
     while True:
-        d = denoise(y, level) - y
+        d = denoise(y[rows], level[rows], rows) - y[rows]
         trace.nfe += 1
-        sigma = torch.where(active, d.flatten(1).norm(dim=1) / math.sqrt(dim), sigma)  # frozen once stopped
-        if (sigma[active] > diverge_at).any():
+        sigma = d.flatten(1).norm(dim=1) / math.sqrt(dim)
+        if (sigma > diverge_at).any():
             raise FgsdError(f"coarse-to-fine sampler diverged at step {t + 1}: estimated sigma "
-                            f"{float(sigma[active].max()):.3g} > {diverge_at} (lower h0 or check the denoiser)")
-        active &= sigma > sigma_final
-        if not active.any():
-            break
+                            f"{float(sigma.max()):.3g} > {diverge_at} (lower h0 or check the denoiser)")
+        done = sigma <= sigma_final
+        out[rows[done]] = y[rows[done]] + d[done]
+        rows, d, sigma = rows[~done], d[~done], sigma[~done]
+        if len(rows) == 0:
+            return out, trace
         t += 1
         if t > max_steps:
-            raise FgsdError(f"coarse-to-fine sampler: {int(active.sum())} of {n} samples did not reach "
+            raise FgsdError(f"coarse-to-fine sampler: {len(rows)} of {n} samples did not reach "
                             f"sigma_final={sigma_final} in max_steps={max_steps} (raise max_steps, h0 or beta)")
         h = step_size(t, h0, fixed_h)
         gamma = math.sqrt(max((1 - beta * h) ** 2 - (1 - h) ** 2, 0.0)) * sigma
-        z = per_sample_randn(gens, shape, device, dtype)  # drawn for every sample: streams stay aligned
-        m = active.view(bcast).to(dtype)
-        y = y + m * (h * d + gamma.view(bcast) * z)
-        level = torch.where(active, (1 - beta * h) * sigma, level)
-        steps += active.cpu().long()
+        z = per_sample_randn([gens[i] for i in rows.tolist()], shape, device, dtype)  # a sample's t-th draw
+        y[rows] = y[rows] + h * d + gamma.view(bcast) * z
+        level[rows] = (1 - beta * h) * sigma
+        trace.steps[rows.cpu()] += 1
         trace.h.append(h)
-        trace.sigma.append(float(sigma[active].mean()))
-        trace.level.append(float(level[active].mean()))
+        trace.sigma.append(float(sigma.mean()))
+        trace.level.append(float(level[rows].mean()))
         if progress is not None:
-            progress(t, float(sigma[active].max()))
-    return y + d, trace  # the last residual is the final denoising step
+            progress(t, float(sigma.max()))
 
 
 def sigma_schedule(sigma_max: float, sigma_min: float, n_steps: int, spacing: str = "uniform") -> np.ndarray:
@@ -114,14 +114,15 @@ def ddim(denoise: Denoiser, x_init: torch.Tensor, sigmas: np.ndarray, eta: float
     Ends with one denoising step at sigmas[-1]."""
     gens = sample_generators(seeds)
     x = x_init
+    rows = torch.arange(len(x), device=x.device)
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         sig = torch.full((len(x),), float(s), device=x.device, dtype=x.dtype)
-        x0 = denoise(x, sig)
+        x0 = denoise(x, sig, rows)
         eps = (x - x0) / s
         c = eta * s_next * math.sqrt(max(1 - s_next ** 2 / s ** 2, 0.0))
         z = per_sample_randn(gens, x.shape[1:], x.device, x.dtype) if eta > 0 else 0
         x = x0 + math.sqrt(max(s_next ** 2 - c ** 2, 0.0)) * eps + c * z
-    return denoise(x, torch.full((len(x),), float(sigmas[-1]), device=x.device, dtype=x.dtype))
+    return denoise(x, torch.full((len(x),), float(sigmas[-1]), device=x.device, dtype=x.dtype), rows)
 
 
 def ddim_init(shape: tuple, seeds: list[int], sigma_max: float, mean: float = 0.5, device="cpu",
@@ -134,9 +135,10 @@ def ddim_invert(denoise: Denoiser, x_clean: torch.Tensor, sigmas: np.ndarray) ->
     """Deterministic DDIM run backwards: from the image (taken at sigmas[-1]) up to a latent at
     sigmas[0]. `ddim(..., eta=0)` from that latent reconstructs the image."""
     x = x_clean
+    rows = torch.arange(len(x), device=x.device)
     rev = sigmas[::-1]
     for s, s_next in zip(rev[:-1], rev[1:]):
-        x0 = denoise(x, torch.full((len(x),), float(s), device=x.device, dtype=x.dtype))
+        x0 = denoise(x, torch.full((len(x),), float(s), device=x.device, dtype=x.dtype), rows)
         eps = (x - x0) / s
         x = x0 + s_next * eps
     return x
