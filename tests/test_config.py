@@ -28,6 +28,10 @@ def test_presets_load():
     ("data: 3\n", "'data' must be a mapping"),
     ("device: gpu\n", "'device' must be auto, cpu or cuda"),
     ("train:\n  mixture:\n    steps: 0\n", "'train.mixture.steps' must be positive"),
+    ("sampling:\n  beta: 2.0\n", r"'sampling.beta' must be in \(0, 1\]"),
+    ("sampling:\n  ddim_spacing: cubic\n", "'sampling.ddim_spacing' must be uniform or quadratic"),
+    ("sampling:\n  alphas:\n  - 1.5\n", "'sampling.alphas' must lie in"),
+    ("evaluate:\n  feature_dim: 20\n", "'evaluate.feature_dim' must be a positive multiple of 8"),
 ])
 def test_bad_overlays_name_the_key(tmp_path, text, match):
     with pytest.raises(FgsdError, match=match):
