@@ -160,3 +160,14 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     assert "Running stage" not in again
     metrics = run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert "test_psnr" in metrics and "separation_median_ratio" in metrics and "test_accuracy" in metrics
+
+
+def test_dvc_commit_after_snakemake_leaves_nothing_to_rerun(smoke_run):
+    """DVC links outputs from its cache as hard links, so committing a Snakemake run keeps their
+    mtimes (a copy would make Snakemake re-run the whole DAG)."""
+    outputs = [p for p in (smoke_run / "results").rglob("*") if p.is_file() and ".state" not in p.parts]
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    run(["git", "init", "-q"], smoke_run)
+    run(["dvc", "commit", "-f", "-q"], smoke_run)
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before
+    assert planned_jobs(smoke_run, SMOKE) == {}

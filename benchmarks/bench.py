@@ -1,0 +1,115 @@
+"""Speed measurements (never timed assertions in tests). Each writes one CSV under benchmarks/out/.
+
+    python benchmarks/bench.py throughput   # training img/s and GFLOP/s per model, sampler NFE/s, ceilings
+    python benchmarks/bench.py pipeline     # no-op re-run time of snakemake and dvc repro (needs a finished
+                                            # main job), and the main job's time from its benchmark TSVs
+
+FLOPs come from torch's flop counter (a multiply-add counts 2). The ceilings are measured here
+(an SGEMM) and quoted from DESIGN.md §4 (FMA peak, UNet convolutions) for comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from fgsd import config, network  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+DESIGN_CEILINGS_GFLOPS = {"fma_peak_2core": 190.0, "unet_conv_2core": 60.0}
+
+
+def timed(fn, warmup: int, reps: int) -> float:
+    """Seconds per call, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def sgemm_gflops(n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n ** 3 / timed(lambda: a @ b, 2, 5) / 1e9
+
+
+def throughput(cfg: dict, reps: int) -> pd.DataFrame:
+    size, batch = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
+    rows = []
+    ceiling = sgemm_gflops()
+    for kind in ("mixture", "conditional"):
+        torch.manual_seed(0)
+        model = network.build(cfg["model"], 1, conditional=kind == "conditional")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
+
+        def step():
+            out = model(x + 0.1 * torch.randn_like(x), cond if model.match else None)
+            loss = (out - x).pow(2).sum() / batch
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sec, f = timed(step, 2, reps), flops(step)
+        rows.append(dict(what=f"train step {kind}", batch=batch, seconds=sec, images_per_s=batch / sec,
+                         gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
+        model.eval()
+        n = 176  # the conditional sample set of the default preset
+        y = torch.rand(n, 1, size, size)
+        phi = {b: v.expand(n, -1) for b, v in model.condition(cond, average=True).items()} if model.match else None
+        with torch.no_grad():
+            sec, f = timed(lambda: model(y, phi), 1, reps), flops(lambda: model(y, phi))
+        rows.append(dict(what=f"sampler NFE {kind}", batch=n, seconds=sec, images_per_s=n / sec,
+                         gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
+    df = pd.DataFrame(rows)
+    df["frac_of_sgemm_here"] = df.gflops / ceiling
+    for name, value in DESIGN_CEILINGS_GFLOPS.items():
+        df[f"frac_of_{name}"] = df.gflops / value
+    df["sgemm_gflops_here"] = ceiling
+    df["threads"] = torch.get_num_threads()
+    return df
+
+
+def pipeline() -> pd.DataFrame:
+    rows = []
+    for name, cmd in (("snakemake no-op re-run", ["snakemake", "--cores", "all"]),
+                      ("dvc repro no-op re-run", ["dvc", "repro"])):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        rows.append(dict(what=name, seconds=time.perf_counter() - start, ok=proc.returncode == 0))
+    tsvs = sorted((ROOT / "results" / "benchmarks").glob("*.tsv"))
+    if tsvs:
+        per_job = {p.stem: float(pd.read_csv(p, sep="\t")["s"].iloc[-1]) for p in tsvs}
+        rows.append(dict(what="main job, sum of job times", seconds=sum(per_job.values()), ok=True))
+        rows += [dict(what=f"job {k}", seconds=v, ok=True) for k, v in per_job.items()]
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("throughput", "pipeline"))
+    ap.add_argument("--params", nargs="+", default=[str(ROOT / "params.yaml")])
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+    df = throughput(config.load(args.params), args.reps) if args.what == "throughput" else pipeline()
+    OUT.mkdir(parents=True, exist_ok=True)
+    df.to_csv(OUT / f"{args.what}.csv", index=False, float_format="%.4g")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+if __name__ == "__main__":
+    main()
