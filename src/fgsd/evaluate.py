@@ -21,7 +21,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from . import files
 from .classifier import labelled_crops, load_classifier, predict
 from .errors import FgsdError
-from .train import resolve_device, to_float
+from .train import resolve_device, to_float, to_uint8
 
 log = logging.getLogger("fgsd")
 EXTRACTOR = "fgsd-classifier"
@@ -102,10 +102,10 @@ class Evaluator:
     """Holds the real crops, the classifier and the extractors; turns a group of samples into rows."""
 
     def __init__(self, cfg, data_dir, classifier_path, device):
-        self.cfg, self.e, self.seed = cfg, cfg["evaluate"], cfg["seed"]
+        self.e, self.seed = cfg["evaluate"], cfg["seed"]
         self.device = resolve_device(device)
         self.clf, _ = load_classifier(classifier_path, self.device)
-        self.train_x, self.train_y, self.classes = labelled_crops(data_dir, "train")
+        self.train_x, self.train_y, _ = labelled_crops(data_dir, "train")
         self.test_x, self.test_y, _ = labelled_crops(data_dir, "test")
         self.extractors = [(EXTRACTOR, Path(classifier_path))]
         inception = self.e["inception_weights"]
@@ -118,7 +118,7 @@ class Evaluator:
 
     def real(self, labels) -> np.ndarray:
         keep = torch.isin(self.test_y, torch.as_tensor(list(labels)))
-        return (self.test_x[keep] * 255).round().to(torch.uint8).numpy()
+        return to_uint8(self.test_x[keep])
 
     def add(self, set_name, variant, param, metric, value, n_samples, n_real, extractor=""):
         self.rows.append(dict(set=set_name, variant=variant, param=param, metric=metric, value=float(value),
@@ -156,7 +156,7 @@ def evaluate(cfg: dict, samples_dir, data_dir, classifier_path, out_csv, out_jso
     seen = range(n_seen)
     pool = ev.train_x[ev.train_y < n_seen]
     pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"]))[:int((ev.test_y < n_seen).sum())]
-    real_train = (pool[pick] * 255).round().to(torch.uint8).numpy()
+    real_train = to_uint8(pool[pick])
     ev.group("real", "train crops", 0, real_train, np.full(len(real_train), -1), seen,
              memorisation=False)  # the floor the samples' fidelity numbers can be read against
     for name in ("conditional", "mixture"):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from . import files, samplers
 from .data import load_split
 from .errors import FgsdError
-from .train import load_model, resolve_device, to_float
+from .train import load_model, resolve_device, to_float, to_uint8
 
 log = logging.getLogger("fgsd")
 
@@ -80,19 +80,14 @@ def mix(pa: dict, pb: dict, alpha: float) -> dict:
     return {b: (1 - alpha) * pa[b] + alpha * pb[b] for b in pa}
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-
-
 class Context:
     """What every set needs: params, data, models, the sampler settings and the init mean."""
 
     def __init__(self, cfg, models_dir, data_dir, device):
-        self.cfg, self.s, self.seed = cfg, cfg["sampling"], cfg["seed"]
+        self.s, self.seed = cfg["sampling"], cfg["seed"]
         self.device = resolve_device(device)
         self.train, self.test = load_split(data_dir, "train"), load_split(data_dir, "test")
         self.unseen = load_split(data_dir, "unseen")
-        self.classes = [str(c) for c in self.train["classes"]]
         self.n_seen = len(np.unique(self.train["labels"]))
         x = to_float(self.train["images"])
         self.shape = tuple(x.shape[1:])
@@ -121,12 +116,14 @@ class Context:
                  float(trace.steps.float().mean()) + 1, int(trace.steps.min()), int(trace.steps.max()))
         return x, (trace.steps + 1).numpy()
 
-    def ddim(self, denoise, seeds, n_steps, latent=None) -> tuple[torch.Tensor, np.ndarray]:
+    def schedule(self, n_steps: int) -> np.ndarray:
+        """DDIM's noise levels from sigma0 down to sigma_final."""
         s = self.s
-        sig = samplers.sigma_schedule(s["sigma0"], s["sigma_final"], n_steps, s["ddim_spacing"])
-        if latent is None:
-            latent = samplers.ddim_init(self.shape, seeds, s["sigma0"], mean=self.init_mean)
-        x = samplers.ddim(denoise, latent, sig, s["ddim_eta"], seeds)
+        return samplers.sigma_schedule(s["sigma0"], s["sigma_final"], n_steps, s["ddim_spacing"])
+
+    def ddim(self, denoise, seeds, n_steps) -> tuple[torch.Tensor, np.ndarray]:
+        latent = samplers.ddim_init(self.shape, seeds, self.s["sigma0"], mean=self.init_mean)
+        x = samplers.ddim(denoise, latent, self.schedule(n_steps), self.s["ddim_eta"], seeds)
         return x, np.full(len(seeds), n_steps + 1)
 
 
@@ -174,20 +171,29 @@ def class_pairs(ctx: Context) -> list[tuple[int, int]]:
     return pairs
 
 
-def set_interpolation(ctx: Context) -> dict:
-    model, alphas, k = ctx.model("conditional"), ctx.s["alphas"], ctx.s["per_pair"]
+def _pair_grid(ctx: Context, set_name: str, grid: list[float]):
+    """The conditional model, the centroids of the paired classes, and per class pair the noise
+    seeds and grid values of its samples: `per_pair` rows, each sweeping `grid` with one seed."""
+    model, k = ctx.model("conditional"), ctx.s["per_pair"]
     pairs = class_pairs(ctx)
     phi = _class_centroids(ctx, model, sorted({c for p in pairs for c in p}))
-    base = seeds_for(ctx.seed, "interpolation", len(pairs) * k)
+    base = seeds_for(ctx.seed, set_name, len(pairs) * k)
+    grid_rows = [(a, b, [s for s in base[i * k:(i + 1) * k] for _ in grid], np.tile(grid, k))
+                 for i, (a, b) in enumerate(pairs)]
+    return model, phi, grid_rows
+
+
+def set_interpolation(ctx: Context) -> dict:
+    alphas = ctx.s["alphas"]
+    model, phi, grid_rows = _pair_grid(ctx, "interpolation", alphas)
+    sig = ctx.schedule(ctx.s["inversion_steps"])
     tables = []
-    for i, (a, b) in enumerate(pairs):
-        seeds = [s for s in base[i * k:(i + 1) * k] for _ in alphas]  # same noise along a row
-        al = np.tile(alphas, k)
+    for a, b, seeds, al in grid_rows:
+        n = len(al)
         cond = rows([mix(phi[a], phi[b], float(t)) for t in al])
         x, nfe = ctx.c2f(network_denoiser(model, ctx.device, cond), seeds, desc=f"interpolation {a}-{b}")
-        tables.append(_table(x, np.full(len(al), a), ["c2f"] * len(al), nfe, seeds, param=al, class_b=np.full(len(al), b)))
+        tables.append(_table(x, np.full(n, a), ["c2f"] * n, nfe, seeds, param=al, class_b=np.full(n, b)))
         # DDIM baseline: invert one test crop of each class with its own centroid, slerp, decode with phi_alpha
-        sig = samplers.sigma_schedule(ctx.s["sigma0"], ctx.s["sigma_final"], ctx.s["inversion_steps"], ctx.s["ddim_spacing"])
         ends = torch.stack([ctx.crops(ctx.test, a)[0], ctx.crops(ctx.test, b)[0]])
         z = samplers.ddim_invert(network_denoiser(model, ctx.device, rows([phi[a], phi[b]])), ends, sig)
         lat = torch.cat([samplers.slerp(z[:1], z[1:], float(t)) for t in alphas])
@@ -200,14 +206,9 @@ def set_interpolation(ctx: Context) -> dict:
 
 
 def set_mixing(ctx: Context) -> dict:
-    model, switches, k = ctx.model("conditional"), ctx.s["mixing_sigmas"], ctx.s["per_pair"]
-    pairs = class_pairs(ctx)
-    phi = _class_centroids(ctx, model, sorted({c for p in pairs for c in p}))
-    base = seeds_for(ctx.seed, "mixing", len(pairs) * k)
+    model, phi, grid_rows = _pair_grid(ctx, "mixing", ctx.s["mixing_sigmas"])
     tables = []
-    for i, (a, b) in enumerate(pairs):
-        seeds = [s for s in base[i * k:(i + 1) * k] for _ in switches]
-        sw = np.tile(switches, k)
+    for a, b, seeds, sw in grid_rows:
         n = len(sw)
         den = network_denoiser(model, ctx.device, rows([phi[a]] * n), rows([phi[b]] * n),
                                torch.tensor(sw, dtype=torch.float32))
@@ -256,7 +257,7 @@ def set_inversion(ctx: Context) -> dict:
     phi = _class_centroids(ctx, model, range(ctx.n_seen))
     clean = torch.cat([ctx.crops(ctx.test, c)[:k] for c in range(ctx.n_seen)])
     den = network_denoiser(model, ctx.device, rows([phi[c] for c in labels]))
-    sig = samplers.sigma_schedule(ctx.s["sigma0"], ctx.s["sigma_final"], ctx.s["inversion_steps"], ctx.s["ddim_spacing"])
+    sig = ctx.schedule(ctx.s["inversion_steps"])
     latent = samplers.ddim_invert(den, clean, sig)
     back = samplers.ddim(den, latent, sig, 0.0, [0] * len(labels))
     err = (back - clean).flatten(1).pow(2).mean(1).sqrt()

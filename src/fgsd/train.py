@@ -59,6 +59,11 @@ def to_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float() / 255
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """The inverse of `to_float` (exact for images that came from it), clipping to [0, 1]."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
 def select_classes(split: dict, kind: str, single_class: str) -> tuple[dict, list[str]]:
     """All seen classes, or only y0 for the single-class model."""
     classes = [str(c) for c in split["classes"]]
