@@ -4,10 +4,15 @@
 # Rules are thin: inputs, outputs, params, log, benchmark, then one `python -m fgsd <stage>` call.
 # dvc.yaml is generated from this DAG (`python -m fgsd dvc-yaml`); a test keeps the two in sync.
 
+from snakemake.utils import validate
+
+
 configfile: "params.yaml"
 
 
-include: "workflow/rules/common.smk"
+include: "workflow/rules/common.smk"  # merges and checks the params files (one-line errors)
+validate(config, "workflow/schemas/params.schema.yaml")  # the same schema, through Snakemake
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/features.smk"

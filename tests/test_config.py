@@ -21,21 +21,61 @@ def test_presets_load():
     assert smoke["data"]["dataset"] == default["data"]["dataset"]
 
 
-@pytest.mark.parametrize("text,match", [
-    ("train:\n  bach_size: 3\n", "unknown parameter 'train.bach_size'"),
-    ("data:\n  crop_size: big\n", "'data.crop_size' must be int"),
-    ("data:\n  crop_size: -32\n", "'data.crop_size' must be a positive multiple of 8"),
-    ("data: 3\n", "'data' must be a mapping"),
-    ("device: gpu\n", "'device' must be auto, cpu or cuda"),
-    ("train:\n  mixture:\n    steps: 0\n", "'train.mixture.steps' must be positive"),
-    ("sampling:\n  beta: 2.0\n", r"'sampling.beta' must be in \(0, 1\]"),
-    ("sampling:\n  ddim_spacing: cubic\n", "'sampling.ddim_spacing' must be uniform or quadratic"),
-    ("sampling:\n  alphas:\n  - 1.5\n", "'sampling.alphas' must lie in"),
-    ("evaluate:\n  feature_dim: 20\n", "'evaluate.feature_dim' must be a positive multiple of 8"),
+@pytest.mark.parametrize("text,message", [
+    ("train:\n  bach_size: 3\n", "unknown parameter 'train.bach_size' (not in params.yaml)"),
+    ("data:\n  crop_size: big\n", "parameter 'data.crop_size' must be an integer, got 'big'"),
+    ("data:\n  crop_size: -32\n", "parameter 'data.crop_size' must be >= 8, got -32"),
+    ("data:\n  crop_size: 36\n", "parameter 'data.crop_size' must be a multiple of 8, got 36"),
+    ("data:\n  dataset: texturez\n", "parameter 'data.dataset' must be one of pip-textures, mnist5k, fashion-mnist, "
+                                     "folder, ufoai, 0ad, got 'texturez'"),
+    ("data:\n  dataset: folder\n  folder: /no/such/dir\n",
+     "parameter 'data.folder' is not an existing directory, got '/no/such/dir'"),
+    ("data:\n  dataset: folder\n", "parameter 'data.folder' must name a directory when data.dataset is folder, got None"),
+    ("data: 3\n", "parameter 'data' must be a mapping, got 3"),
+    ("device: gpu\n", "parameter 'device' must be one of auto, cpu, cuda, got 'gpu'"),
+    ("data:\n  color: 1\n", "parameter 'data.color' must be true or false, got 1"),
+    ("train:\n  mixture:\n    steps: 0\n", "parameter 'train.mixture.steps' must be >= 1, got 0"),
+    ("sampling:\n  beta: 2.0\n", "parameter 'sampling.beta' must be <= 1, got 2.0"),
+    ("sampling:\n  sigma_final: 2.0\n", "parameter 'sampling.sigma_final' must be below sampling.sigma0, got 2.0"),
+    ("sampling:\n  alphas:\n  - 0.5\n  - 1.5\n", "parameter 'sampling.alphas[1]' must be <= 1, got 1.5"),
+    ("model:\n  widths:\n  - 8\n", "parameter 'model.widths' must list at least 4 item(s), got [8]"),
+    ("model:\n  match:\n  - middle\n", "parameter 'model.match[0]' must be one of enc1, enc2, enc3, mid, dec3, dec2, "
+                                       "dec1, got 'middle'"),
+    ("evaluate:\n  inception_weights: /no/weights.pth\n", "parameter 'evaluate.inception_weights' is not an "
+                                                          "existing file (null = in-domain features only), "
+                                                          "got '/no/weights.pth'"),
 ])
-def test_bad_overlays_name_the_key(tmp_path, text, match):
-    with pytest.raises(FgsdError, match=match):
-        config.load([BASE, _overlay(tmp_path, text)])
+def test_bad_overlays_give_one_line_naming_file_and_key(tmp_path, text, message):
+    overlay = _overlay(tmp_path, text)
+    with pytest.raises(FgsdError) as err:
+        config.load([BASE, overlay])
+    assert str(err.value) == f"{overlay}: {message}"
+
+
+def test_errors_in_params_yaml_itself_are_caught(tmp_path):
+    """params.yaml is checked too: a typo there is not a new key, and a deleted key is missing."""
+    text = BASE.read_text()
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text.replace("  crop_size: 32", "  crop_sise: 32"))
+    with pytest.raises(FgsdError, match=r"params.yaml: unknown parameter 'data.crop_sise'"):
+        config.load([bad])
+    bad.write_text(text.replace("  n_unseen: 2", ""))
+    with pytest.raises(FgsdError, match=r"params.yaml: missing parameter 'data.n_unseen'$"):
+        config.load([bad])
+    # the overlay that sets a bad value is blamed, not params.yaml
+    with pytest.raises(FgsdError, match=r"overlay.yaml: parameter 'seed' must be >= 0"):
+        config.load([BASE, _overlay(tmp_path, "seed: -1\n")])
+
+
+def test_snakemake_validate_uses_the_same_schema(tmp_path):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+    for preset in ([BASE], [BASE, ROOT / "config/smoke.yaml"], [BASE, ROOT / "config/paper.yaml"]):
+        validate(config.load(preset), str(config.SCHEMA))
+    bad = config.load([BASE])
+    bad["data"]["crop_sise"] = 3
+    with pytest.raises(WorkflowError):
+        validate(bad, str(config.SCHEMA))
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -1,11 +1,18 @@
+import io
+import re
+import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fgsd import config, data, files
+from fgsd import config, data, files, sources
+from fgsd.data import select_textures
 from fgsd.errors import FgsdError
+from fgsd.sources import GameTextures, RawClass
 
 from conftest import ROOT, write_textures
 
@@ -34,7 +41,7 @@ def test_train_and_test_crops_come_from_disjoint_rows(tiny_cfg, tmp_path):
     for k in range(3):
         img = np.repeat(np.arange(96, dtype=np.uint8)[:, None] * 2 + k, 96, axis=1)
         Image.fromarray(img).save(folder / f"r{k}.png")
-    tiny_cfg["data"].update(folder=str(folder), n_unseen=0, test_fraction=0.25)
+    tiny_cfg["data"].update(folder=str(folder), n_unseen=0, test_fraction=0.25, dedup_corr=1.0)  # near-twins
     _prepare(tiny_cfg, tmp_path / "out")
     split_row = round(96 * 0.75)
     train, test = (files.load_npz(tmp_path / "out" / f"{s}.npz") for s in ("train", "test"))
@@ -88,7 +95,8 @@ def test_corrupt_image_is_named(tiny_cfg, texture_dir, tmp_path):
 
 
 def test_image_too_small_for_the_crop_is_named(tiny_cfg, texture_dir, tmp_path):
-    Image.fromarray(np.zeros((20, 20), np.uint8)).save(texture_dir / "tiny.png")
+    noise = np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)  # not flat, not a duplicate
+    Image.fromarray(noise).save(texture_dir / "tiny.png")
     _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"tiny\.png.*too small")
 
 
@@ -125,3 +133,84 @@ def test_fashion_mnist_from_debian(tiny_cfg, tmp_path):
     tiny_cfg["data"].update(dataset="fashion-mnist", crop_size=32, train_per_class=10, test_per_class=5, n_unseen=0)
     m = _prepare(tiny_cfg, tmp_path / "out")
     assert len(m["classes"]) == 10
+
+
+def _texture(rng, size=128, freq=0.2, angle=0.0):
+    yy, xx = np.mgrid[:size, :size]
+    img = 0.5 + 0.3 * np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy)) + 0.05 * rng.standard_normal((size, size))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def test_select_textures_drops_small_flat_and_near_duplicates():
+    rng = np.random.default_rng(0)
+    base = _texture(rng)
+    classes = [RawClass("a", texture=base), RawClass("b", texture=np.clip(base.astype(int) + 3, 0, 255).astype(np.uint8)),
+               RawClass("c", texture=_texture(rng, angle=1.2, freq=0.35)), RawClass("d", texture=_texture(rng, size=40)),
+               RawClass("e", texture=np.full((128, 128), 90, np.uint8)), RawClass("f", images=[base[:16, :16]])]
+    d = dict(min_size=64, dedup_corr=0.95, max_classes=0)
+    kept, dropped = select_textures(classes, d, seed=0)
+    assert [c.name for c in kept] == ["a", "c", "f"]
+    assert dropped["b"].startswith("near-duplicate of a") and "min_size" in dropped["d"] and dropped["e"].startswith("flat")
+    kept, dropped = select_textures(classes, dict(d, dedup_corr=1.0, max_classes=2), seed=0)
+    assert len(kept) == 2 and sum("max_classes" in v for v in dropped.values()) == 2
+    assert [c.name for c in select_textures(classes, dict(d, dedup_corr=1.0, max_classes=2), seed=0)[0]] == \
+        [c.name for c in kept], "the draw is seeded"
+
+
+def _fake_game_deb(tmp_path, src: GameTextures, members: dict[str, bytes]) -> Path:
+    """A .deb laid out like the real package: the texture zip at src.archive."""
+    root = tmp_path / "pkg"
+    archive = root / src.archive
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text(f"Package: {src.package}\nVersion: {src.version}\nArchitecture: all\n"
+                                             "Maintainer: test <t@example.org>\nDescription: fake\n")
+    deb = tmp_path / "fake.deb"
+    subprocess.run(["dpkg-deb", "--build", "-Znone", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_game_textures_extracts_filters_and_caches(tiny_cfg, tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    png = lambda img: (lambda b: (Image.fromarray(img).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())  # noqa: E731
+    members = {"textures/tex_nature/grass01.png": png(_texture(rng, angle=0.3)),
+               "textures/tex_nature/grass01_nm.png": png(_texture(rng, angle=0.9)),  # a normal map: dropped
+               "textures/tex_material/metal02.jpg": png(_texture(rng, angle=2.0, freq=0.4)),
+               "textures/tex_misc/logo.png": png(_texture(rng))}                     # not a texture folder
+    deb = _fake_game_deb(tmp_path, sources.GAME_TEXTURES["ufoai"], members)
+    calls = []
+
+    def fake_download(spec, into):
+        calls.append(spec)
+        return Path(shutil.copy(deb, into))
+    monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "_apt_download", fake_download)
+    tiny_cfg["data"].update(dataset="ufoai", crop_size=16, n_unseen=0, min_size=0)
+    m = _prepare(tiny_cfg, tmp_path / "out")
+    assert m["classes"] == ["ufoai-material-metal02", "ufoai-nature-grass01"]
+    assert m["provenance"]["packages"] == {"ufoai-textures": "2.5-2"}
+    assert calls == ["ufoai-textures=2.5-2"]
+    _prepare(tiny_cfg, tmp_path / "out2")
+    assert calls == ["ufoai-textures=2.5-2"], "the second run reads the cache, no download"
+    assert not list((tmp_path / "cache").rglob("*.deb")), "the .deb is not kept"
+
+
+def test_game_textures_without_apt_say_what_to_do(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
+    tiny_cfg["data"]["dataset"] = "0ad"
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", "needs the Debian package 0ad-data.*data.dataset: folder")
+
+
+@pytest.mark.slow
+def test_ufoai_from_debian(tiny_cfg, tmp_path):
+    """The real package (336 MB download, once per cache)."""
+    tiny_cfg["data"].update(dataset="ufoai", crop_size=32, train_per_class=4, test_per_class=2, n_unseen=0,
+                            min_size=256, max_classes=20)
+    m = _prepare(tiny_cfg, tmp_path / "out")
+    assert len(m["classes"]) == 20 and m["provenance"]["packages"] == {"ufoai-textures": "2.5-2"}
+    assert not any(re.search(r"_(nm|sm|gm|rm|hm)$", c) for c in m["classes"])

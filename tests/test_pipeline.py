@@ -145,6 +145,28 @@ def test_config_overrides_on_the_command_line_are_refused(smoke_run):
     assert proc.returncode != 0 and "--configfile" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("text,key", [("data:\n  crop_sise: 32\n", "unknown parameter 'data.crop_sise'"),
+                                      ("train:\n  lr: fast\n", "'train.lr' must be a number"),
+                                      ("data:\n  crop_size: -16\n", "'data.crop_size' must be >= 8"),
+                                      ("data:\n  dataset: imagenet\n", "'data.dataset' must be one of")])
+def test_bad_params_stop_snakemake_with_one_line(tmp_path, text, key):
+    repo = copy_repo(tmp_path)
+    (repo / "bad.yaml").write_text(text)
+    proc = run(["snakemake", "-n", "--configfile", "bad.yaml"], repo, check=False)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()
+              and not line.startswith("Config file params.yaml is extended")]
+    assert proc.returncode != 0 and len(errors) == 1 and errors[0].startswith("error: bad.yaml: ")
+    assert key in errors[0]
+
+
+def test_paper_preset_plans_the_whole_dag(tmp_path):
+    """The paper preset resolves (0 A.D. data, 80x80, GPU) and Snakemake plans every job; the data
+    itself is not fetched here (about 1.4 GB; see the README)."""
+    repo = copy_repo(tmp_path)
+    jobs = planned_jobs(repo, ["--configfile", "config/paper.yaml"])
+    assert jobs["data"] == 1 and jobs["train"] == 3 and jobs["sample"] == 7 and jobs["figure"] == 8
+
+
 def test_dvc_repro_runs_the_same_stages(tmp_path):
     repo = copy_repo(tmp_path)
     merged = config.load([ROOT / "params.yaml", ROOT / "config/smoke.yaml"])

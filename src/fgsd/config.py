@@ -6,6 +6,7 @@ Snakemake tracks and what the stage uses cannot drift apart.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from .errors import FgsdError
 
 MODEL_KINDS = ("mixture", "conditional", "single")
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 
 # Dotted params keys each stage reads; Snakemake tracks their values and dvc.yaml lists them.
 _STAGE_KEYS = {
@@ -72,80 +74,114 @@ def _read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _same_type(base, value) -> bool:
-    if base is None or value is None:
-        return True
-    if isinstance(base, bool) or isinstance(value, bool):
-        return isinstance(base, bool) and isinstance(value, bool)
-    if isinstance(base, (int, float)) and isinstance(value, (int, float)):
-        return isinstance(base, float) or isinstance(value, int)
-    return isinstance(value, type(base))
-
-
-def _merge(base: dict, overlay: dict, origin: str, prefix: str = "") -> None:
-    """Overlay `overlay` onto `base` in place; unknown keys and type changes are errors."""
+def _merge(base: dict, overlay: dict) -> None:
+    """Overlay `overlay` onto `base` in place (mappings merge, anything else replaces)."""
     for key, value in overlay.items():
-        dotted = f"{prefix}{key}"
-        if key not in base:
-            raise FgsdError(f"{origin}: unknown parameter '{dotted}' (not in params.yaml)")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise FgsdError(f"{origin}: parameter '{dotted}' must be a mapping")
-            _merge(base[key], value, origin, dotted + ".")
-        elif not _same_type(base[key], value):
-            raise FgsdError(f"{origin}: parameter '{dotted}' must be {type(base[key]).__name__}, "
-                            f"got {type(value).__name__} ({value!r})")
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            _merge(base[key], value)
         else:
             base[key] = copy.deepcopy(value)
 
 
 def load(paths: list[str | Path]) -> dict:
-    """Merge params files left to right; the first (params.yaml) defines every allowed key."""
+    """Merge params files left to right, then validate the result against the schema."""
     if not paths:
         raise FgsdError("no params file given")
-    cfg = _read_yaml(paths[0])
-    for path in paths[1:]:
-        _merge(cfg, _read_yaml(path), str(path))
+    raw = [_read_yaml(p) for p in paths]
+    cfg = copy.deepcopy(raw[0])
+    for overlay in raw[1:]:
+        _merge(cfg, overlay)
+    validate(cfg, paths, raw)
     check(cfg, str(paths[-1]))
     return cfg
 
 
+@functools.cache
+def schema() -> dict:
+    if not SCHEMA.is_file():
+        raise FgsdError(f"params schema not found: {SCHEMA} (run from a checkout of the repository)")
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
+               "object": "a mapping", "array": "a list", "null": "null"}
+
+
+def _dotted(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _origin(path: list, paths: list, raw: list[dict]) -> str:
+    """The last params file that sets `path` (the one to fix), else the first."""
+    for file, data in reversed(list(zip(paths, raw))):
+        node, found = data, True
+        for part in path:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                found = False
+                break
+        if found:
+            return str(file)
+    return str(paths[0])
+
+
+def _describe(error) -> tuple[list, str]:
+    """One jsonschema error as (path of the culprit key, what is wrong), in the words of params.yaml."""
+    path, kind, rule, value = list(error.absolute_path), error.validator, error.validator_value, error.instance
+    if kind == "additionalProperties":
+        extra = sorted(set(value) - set(error.schema.get("properties", {})))
+        return path + extra[:1], "unknown parameter '{key}' (not in params.yaml)"
+    if kind == "required":
+        missing = [k for k in rule if k not in value]
+        return path + missing[:1], "missing parameter '{key}'"
+    got = f", got {value!r}"
+    what = {
+        "type": lambda: "must be " + " or ".join(_TYPE_NAMES[t] for t in ([rule] if isinstance(rule, str) else rule)),
+        "enum": lambda: "must be one of " + ", ".join(map(str, rule)),
+        "minimum": lambda: f"must be >= {rule}",
+        "exclusiveMinimum": lambda: f"must be > {rule}",
+        "maximum": lambda: f"must be <= {rule}",
+        "exclusiveMaximum": lambda: f"must be < {rule}",
+        "multipleOf": lambda: f"must be a multiple of {rule}",
+        "minItems": lambda: f"must list at least {rule} item(s)",
+        "maxItems": lambda: f"must list at most {rule} item(s)",
+        "uniqueItems": lambda: "must not repeat items",
+        "minLength": lambda: "must not be empty",
+    }.get(kind, lambda: error.message)()
+    return path, f"parameter '{{key}}' {what}{got}"
+
+
+def validate(cfg: dict, paths: list, raw: list[dict]) -> None:
+    """Check the merged config against workflow/schemas/params.schema.yaml (the file Snakemake's
+    `validate` reads); the first violation becomes one line naming the file and the key."""
+    import jsonschema
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        path, message = _describe(errors[0])
+        raise FgsdError(f"{_origin(path, paths, raw)}: " + message.format(key=_dotted(path)))
+
+
 def check(cfg: dict, origin: str) -> None:
-    """Value checks the type system cannot express; each error names its key."""
+    """Checks that relate keys, or a key to the disk, which the schema cannot express."""
     def need(cond, key, what):
         if not cond:
             raise FgsdError(f"{origin}: parameter '{key}' {what}, got {get(cfg, key)!r}")
-    d, t = cfg["data"], cfg["train"]
-    need(d["crop_size"] >= 8 and d["crop_size"] % 8 == 0, "data.crop_size", "must be a positive multiple of 8")
-    need(d["train_per_class"] > 0, "data.train_per_class", "must be positive")
-    need(d["test_per_class"] > 0, "data.test_per_class", "must be positive")
-    need(0 < d["test_fraction"] < 1, "data.test_fraction", "must be in (0, 1)")
-    need(0 < d["scale"] <= 1, "data.scale", "must be in (0, 1]")
-    need(d["n_unseen"] >= 0, "data.n_unseen", "must be >= 0")
-    need(cfg["device"] in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
-    need(len(cfg["model"]["widths"]) == 4, "model.widths", "must list 4 channel widths")
-    need(cfg["model"]["dec_convs"][0] >= 2, "model.dec_convs", "must have at least 2 convs in the last block")
-    for kind in MODEL_KINDS:
-        need(t[kind]["steps"] > 0, f"train.{kind}.steps", "must be positive")
-    need(t["batch_size"] > 0, "train.batch_size", "must be positive")
-    s, e = cfg["sampling"], cfg["evaluate"]
-    need(0 < s["beta"] <= 1, "sampling.beta", "must be in (0, 1]")
-    need(0 < s["h0"] <= 1, "sampling.h0", "must be in (0, 1]")
-    need(0 < s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be in (0, sampling.sigma0)")
-    need(0 <= s["ddim_eta"] <= 1, "sampling.ddim_eta", "must be in [0, 1]")
-    need(s["ddim_spacing"] in ("uniform", "quadratic"), "sampling.ddim_spacing", "must be uniform or quadratic")
-    need(all(0 <= a <= 1 for a in s["alphas"]), "sampling.alphas", "must lie in [0, 1]")
-    need(all(n > 0 for n in s["fewshot_n"]), "sampling.fewshot_n", "must be positive counts")
-    need(all(n > 0 for n in s["ddim_steps"]), "sampling.ddim_steps", "must be positive step counts")
-    need(all(0 < b <= 1 for b in s["nfe_betas"]), "sampling.nfe_betas", "must lie in (0, 1]")
-    for key in ("per_class", "pairs", "per_pair", "fewshot_per_n", "nfe_per_class", "inversion_steps",
-                "inversion_per_class", "max_steps"):
-        need(s[key] > 0, f"sampling.{key}", "must be positive")
-    need(s["exemplars"] >= 0, "sampling.exemplars", "must be >= 0 (0 = all training crops)")
-    need(e["feature_dim"] > 0 and e["feature_dim"] % 8 == 0, "evaluate.feature_dim", "must be a positive multiple of 8")
-    need(e["classifier_width"] > 0 and e["classifier_width"] % 8 == 0, "evaluate.classifier_width",
-         "must be a positive multiple of 8")
-    need(e["kid_subset_size"] >= 2, "evaluate.kid_subset_size", "must be at least 2")
+    d, s, a = cfg["data"], cfg["sampling"], cfg["analysis"]
+    need(d["dataset"] != "folder" or d["folder"], "data.folder", "must name a directory when data.dataset is folder")
+    need(d["dataset"] != "folder" or Path(d["folder"]).expanduser().is_dir(), "data.folder",
+         "is not an existing directory")
+    need(s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be below sampling.sigma0")
+    need(a["kl_sigma_min"] < a["kl_sigma_max"], "analysis.kl_sigma_min", "must be below analysis.kl_sigma_max")
+    weights = cfg["evaluate"]["inception_weights"]
+    need(weights is None or Path(weights).expanduser().is_file(), "evaluate.inception_weights",
+         "is not an existing file (null = in-domain features only)")
 
 
 def get(cfg: dict, dotted: str):
@@ -175,6 +211,13 @@ def snakemake_params_files(workflow, config: dict) -> list[str]:
 
     Stages get the file list, not values, so `--config key=value` (which would reach Snakemake
     but not the stages) is refused with a pointer to overlays."""
+    try:
+        return _params_files(workflow, config)
+    except FgsdError as e:  # one line, not a traceback through the Snakefile
+        raise SystemExit(f"error: {e}") from None
+
+
+def _params_files(workflow, config: dict) -> list[str]:
     cwd = Path.cwd()
     paths = ["params.yaml"]
     for p in workflow.overwrite_configfiles:

