@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fgsd-deps-$(KEY)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run smoke test test-all setup dvc-yaml clean
+.PHONY: run smoke test test-all test-slurm setup dvc-yaml clean
 
 run: setup                 ## the main job: every stage on the default preset (params.yaml)
 	snakemake --cores all
@@ -17,8 +17,11 @@ smoke: setup               ## the whole DAG on the smoke preset (minutes)
 test: setup                ## the default test suite (includes the smoke chain end to end)
 	pytest
 
-test-all: setup            ## also the slow tests (Debian Fashion-MNIST download)
+test-all: setup            ## also the slow tests (Debian downloads) and the SLURM check
 	pytest -m ""
+
+test-slurm: setup          ## the SLURM profile on a real one-node SLURM (root + apt-get; ~5 min)
+	pytest -m slurm -s
 
 dvc-yaml: setup            ## regenerate dvc.yaml from the Snakemake DAG
 	python -m fgsd dvc-yaml

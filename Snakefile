@@ -20,6 +20,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/provenance.smk"
 
 report: "workflow/report/workflow.rst"
 
@@ -32,3 +33,4 @@ rule all:
         expand("results/features/{kind}/centroids.csv", kind=KINDS),
         "results/metrics/summary.json",
         expand("results/figures/{name}.pdf", name=FIGURES),
+        "results/metrics/provenance.csv",

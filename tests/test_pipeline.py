@@ -2,6 +2,7 @@
 the affected jobs when a param changes; dvc.yaml matches the DAG and `dvc repro` runs it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,9 @@ from fgsd import config, files
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
-ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+           GIT_AUTHOR_NAME="fgsd-test", GIT_AUTHOR_EMAIL="test@fgsd", GIT_COMMITTER_NAME="fgsd-test",
+           GIT_COMMITTER_EMAIL="test@fgsd")
 SMOKE = ["--configfile", "config/smoke.yaml"]
 
 
@@ -107,8 +110,31 @@ def test_one_figure_regenerates_alone(smoke_run):
 def test_report_has_every_figure_and_caption(smoke_run):
     run(["snakemake", *SMOKE, "--report", "results/report.html"], smoke_run)
     html = (smoke_run / "results/report.html").read_text(errors="replace")
-    for word in ("fig2_denoising_grid", "fig5_density_distance", "separation ratio", "fig9_quality_nfe", "Algorithm C'"):
+    for word in ("fig2_denoising_grid", "fig5_density_distance", "separation ratio", "fig9_quality_nfe", "Algorithm C'",
+                 "Provenance", "provenance.html", "results/provenance/figure_fig3_psnr_gain.json"):
         assert word in html
+
+
+def test_every_figure_and_metrics_file_has_provenance(smoke_run):
+    """Each output traces to its job's params subtree (hash), the code (commit, dirty flag, hash)
+    and the checksums of the files it read, and those checksums are the files' real ones."""
+    table = pd.read_csv(smoke_run / "results/metrics/provenance.csv")
+    traced = set(table.file)
+    wanted = {str(p.relative_to(smoke_run)) for d in ("figures", "metrics", "analysis", "models")
+              for p in (smoke_run / "results" / d).rglob("*") if p.is_file() and not p.name.startswith("provenance.")}
+    assert wanted <= traced
+    for row in table.itertuples():
+        assert files.sha256(smoke_run / row.file).startswith(row.sha256), row.file
+    cfg = config.load([ROOT / "params.yaml", ROOT / "config/smoke.yaml"])
+    rec = files.load_json(smoke_run / "results/provenance/train_conditional.json")
+    assert rec["params_sha256"] == config.digest(config.select(cfg, config.stage_keys("train", "conditional")))
+    assert rec["params"]["train.conditional"] == {"steps": 40} and rec["params_files"] == ["params.yaml", "config/smoke.yaml"]
+    assert set(rec["inputs"]) >= {"results/data/pip-textures/train.npz", "results/data/pip-textures/manifest.json"}
+    fig = files.load_json(smoke_run / "results/provenance/figure_fig5_density_distance.json")
+    assert set(fig["outputs"]) == {"results/figures/fig5_density_distance.pdf", "results/figures/fig5_density_distance.png"}
+    for path, sha in fig["inputs"].items():
+        assert files.sha256(smoke_run / path) == sha
+    assert len(rec["code_sha256"]) == 64 and set(rec["git"]) == {"commit", "dirty"}
 
 
 def test_rerun_without_changes_does_nothing(smoke_run):
@@ -121,23 +147,24 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
     # centroids, and what reads the mixture/conditional features: separation, density, summary, fig4, fig5
     assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
-        "centroids": 3, "separation": 1, "density": 1, "summary": 1, "figure": 2, "all": 1}
+        "centroids": 3, "separation": 1, "density": 1, "summary": 1, "figure": 2, "provenance": 1, "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["train"]["single"]["steps"] = 21
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
     jobs = planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")])
     # train_single, centroids_single, and the sweep that uses the single-class model (summary, fig3)
-    assert jobs == {"train": 1, "centroids": 1, "sweep": 1, "summary": 1, "figure": 1, "all": 1}
+    assert jobs == {"train": 1, "centroids": 1, "sweep": 1, "summary": 1, "figure": 1, "provenance": 1, "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["analysis"]["fig2_sigmas"] = [1.0]
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
-    assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {"figure": 1, "all": 1}
+    assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {"figure": 1, "provenance": 1,
+                                                                                    "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["sampling"]["ddim_steps"] = [5]
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
     # only the quality-vs-NFE set, and what reads the sample metrics (the four sample figures)
     assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
-        "sample": 1, "evaluate": 1, "summary": 1, "figure": 4, "all": 1}
+        "sample": 1, "evaluate": 1, "summary": 1, "figure": 4, "provenance": 1, "all": 1}
 
 
 def test_config_overrides_on_the_command_line_are_refused(smoke_run):
@@ -182,6 +209,44 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     assert "Running stage" not in again
     metrics = run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert "test_psnr" in metrics and "separation_median_ratio" in metrics and "test_accuracy" in metrics
+    plots = run(["dvc", "plots", "show", "--json"], repo).stdout
+    assert "train_log.csv" in plots and "psnr_gain.csv" in plots
+    run(["dvc", "plots", "show", "-o", "results/dvc_plots", "-q"], repo)
+    assert "psnr_mean" in (repo / "results/dvc_plots/index.html").read_text()
+
+    # an experiment on a training parameter re-runs that model and what reads it, nothing else
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    exp = run(["dvc", "exp", "run", "-S", "train.single.steps=25", "-n", "single25"], repo).stdout
+    assert "Running stage 'train_single'" in exp and "Running stage 'train_mixture'" not in exp
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    assert "single25" in json.dumps(shown) and '"steps": 25' in json.dumps(shown)
+    diff = run(["dvc", "metrics", "diff", "--md"], repo).stdout  # workspace (the experiment) vs HEAD
+    assert "results/models/single/metrics.json" in diff
+
+
+def test_dvc_push_and_pull_round_trip_is_byte_identical(smoke_run, tmp_path):
+    """Record a Snakemake run in DVC, push it to the default remote, lose the cache and every
+    output, pull: every file comes back byte-identical, and after `--touch` Snakemake is idle."""
+    repo = tmp_path / "repo"
+    shutil.copytree(smoke_run, repo, symlinks=True)
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "commit", "-f", "-q"], repo)
+    assert "pushed" in run(["dvc", "push"], repo).stdout
+    assert (repo / "dvc-remote").is_dir(), "the default remote is dvc-remote/ in the checkout"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    tracked = sorted({o["path"] for s in lock["stages"].values() for o in s.get("outs", [])})
+    assert {"results/models/conditional/model.pt", "results/data/pip-textures/train.npz",
+            "results/figures/fig6_samples.png"} <= set(tracked)
+    before = {p: files.sha256(repo / p) for p in tracked}
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for p in tracked:
+        (repo / p).unlink()
+    run(["dvc", "pull"], repo)
+    assert {p: files.sha256(repo / p) for p in tracked} == before
+    assert "in sync" in run(["dvc", "status", "-c"], repo).stdout
+    run(["snakemake", "--touch", "--cores", "1", *SMOKE], repo)
+    assert planned_jobs(repo, SMOKE) == {}
 
 
 def test_dvc_commit_after_snakemake_leaves_nothing_to_rerun(smoke_run):

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .errors import FgsdError
 
@@ -16,6 +17,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="params.yaml, then overlays (e.g. config/smoke.yaml), merged left to right "
                         "(default: $FGSD_PARAMS, which Snakemake sets, else params.yaml)")
     p.add_argument("--log", help="also write the log to this file")
+    p.add_argument("--provenance", help="write the job's provenance record (params, code, input and output "
+                                        "checksums) to this JSON file")
 
 
 def _device(p: argparse.ArgumentParser) -> None:
@@ -83,6 +86,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="the results directory to read")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="the PDF path; the PNG goes beside it")
+    p = sub.add_parser("provenance", help="join the jobs' provenance records into one table")
+    _common(p)
+    p.add_argument("records", nargs="+", help="results/provenance/*.json")
+    p.add_argument("--out", required=True, help="CSV, one row per output file")
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from the Snakemake DAG")
     p.add_argument("--out", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
@@ -150,6 +157,14 @@ def run(args: argparse.Namespace) -> None:
         if args.name not in draw:
             raise FgsdError(f"unknown figure '{args.name}': choose one of {sorted(draw)}")
         draw[args.name](cfg, *inputs[args.name], args.out)
+    elif args.stage == "provenance":
+        from .provenance import table
+        table(args.records, args.out)
+    if args.provenance:
+        from .provenance import record
+        keys = config.stage_keys(args.stage, kind=getattr(args, "kind", None), name=getattr(args, "name", None),
+                                 sample_set=getattr(args, "set", None))
+        record(args.provenance, Path(args.provenance).stem, cfg, keys, args.params)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,15 +140,15 @@ def correlations(density_df: pd.DataFrame, column: str = "sym_kl") -> dict:
 
 
 def summary(sweep_csv, separation_csv, density_csv, out_json, gain_csv, samples_json, classifier_json) -> None:
-    sw = pd.read_csv(sweep_csv)
+    sw = files.load_csv(sweep_csv)
     gain = psnr_gain(sw)
     files.save_csv(gain_csv, gain)
     g = gain.set_index(["model", "conditioning", "sigma"])["gain"]
     lo, hi = sw.sigma.min(), sw.sigma.max()
     cond_gain = {f"sigma={s:.4g}": float(g["conditional", "exemplar", s] - g["mixture", "none", s]) for s in (lo, hi)}
-    sep = pd.read_csv(separation_csv)
+    sep = files.load_csv(separation_csv)
     ratios = sep.groupby(["model", "layer"]).ratio.median()
-    dens = pd.read_csv(density_csv)
+    dens = files.load_csv(density_csv)
     out = dict(
         psnr_gain_conditional_minus_mixture_db=cond_gain,
         psnr_n_test_images=int(sw.image.nunique()),

@@ -105,7 +105,7 @@ def load_classifier(path: str | Path, device="cpu") -> tuple[Classifier, list[st
     path = Path(path)
     if not path.is_file():
         raise FgsdError(f"missing classifier file: {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = files.load_torch(path, device)
     model = Classifier(**ckpt["config"]).to(device)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt["classes"]

@@ -36,6 +36,7 @@ _STAGE_KEYS = {
     "separation": [],
     "summary": [],
     "figure": [],
+    "provenance": [],
 }
 _SAMPLE_KEYS = {  # beyond the sampler settings every set shares
     "conditional": ["per_class", "exemplars"],

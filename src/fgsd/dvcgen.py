@@ -2,8 +2,9 @@
 
 Snakemake is the source of truth (DESIGN.md §3). Each Snakemake job becomes one DVC stage with
 the same shell command, its inputs as deps, its tracked params keys as params, its outputs as
-outs (metrics.json files as uncached metrics, train logs as plots). `--check` fails when the
-committed dvc.yaml is out of date; the test suite runs it.
+outs (metrics JSON as metrics, train logs and the PSNR gain as plots). All are cached: results/
+is not in git, so the DVC cache and remote are where every output is versioned. `--check` fails
+when the committed dvc.yaml is out of date; the test suite runs it.
 """
 from __future__ import annotations
 
@@ -42,11 +43,11 @@ def stage(job) -> tuple[str, dict]:
     outs, metrics, plots = [], [], []
     for f in map(str, job.output):
         if f.endswith("metrics.json") or (f.startswith("results/metrics/") and f.endswith(".json")):
-            metrics.append({f: {"cache": False}})
+            metrics.append(f)
         elif f.endswith("train_log.csv"):
-            plots.append({f: {"x": "step", "y": "psnr_mean", "cache": False}})
+            plots.append({f: {"x": "step", "y": "psnr_mean"}})
         elif f.endswith("psnr_gain.csv"):
-            plots.append({f: {"x": "input_psnr", "y": "gain", "cache": False}})
+            plots.append({f: {"x": "input_psnr", "y": "gain"}})
         else:
             outs.append(f)
     spec = {"cmd": job.shellcmd.strip(), "deps": sorted(set(map(str, job.input)))}

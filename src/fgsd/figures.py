@@ -89,7 +89,7 @@ def fig2(cfg, models_dir, data_dir, out) -> None:
 
 def fig3(cfg, sweep_csv, out) -> None:
     """Output - input PSNR vs input PSNR: conditional vs mixture (left), vs single-class (right)."""
-    d = pd.read_csv(sweep_csv)
+    d = files.load_csv(sweep_csv)
     d = d.assign(gain=d.output_psnr - d.input_psnr, noise_db=-20 * np.log10(d.sigma))
     y0 = cfg["train"]["single"]["class"]
     left = d[((d.model == "conditional") & (d.conditioning == "exemplar")) | (d.model == "mixture")].copy()
@@ -113,7 +113,7 @@ def fig3(cfg, sweep_csv, out) -> None:
 
 def fig4(cfg, separation_csv, phi_files: dict, data_dir, out) -> None:
     """Per model: centroid distances vs within-class spread, per-layer separation, mid-layer scatter."""
-    sep = pd.read_csv(separation_csv)
+    sep = files.load_csv(separation_csv)
     test = load_split(data_dir, "test")
     fig, ax = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
     for r, model in enumerate(("mixture", "conditional")):
@@ -145,7 +145,7 @@ def fig4(cfg, separation_csv, phi_files: dict, data_dir, out) -> None:
 
 def fig5(cfg, density_csv, data_dir, out) -> None:
     """Symmetric KL through the conditional denoiser vs squared centroid distance."""
-    d = pd.read_csv(density_csv).sort_values("sym_kl").reset_index(drop=True)
+    d = files.load_csv(density_csv).sort_values("sym_kl").reset_index(drop=True)
     corr, corr_diff = analysis.correlations(d), analysis.correlations(d, "sym_kl_diff_form")
     test = load_split(data_dir, "test")
     names = [str(c) for c in test["classes"]]

@@ -18,6 +18,17 @@ from .errors import FgsdError
 
 log = logging.getLogger("fgsd")
 
+# What this process read and wrote through this module: the provenance record's inputs and outputs.
+READ: dict[str, None] = {}
+WRITTEN: dict[str, None] = {}
+
+
+def _note(book: dict, path: str | Path) -> None:
+    path = Path(path).absolute()
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(Path.cwd())
+    book[str(path)] = None
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
@@ -32,6 +43,7 @@ def atomic_path(path: str | Path):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+        _note(WRITTEN, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -48,10 +60,16 @@ def save_npz(path: str | Path, **arrays) -> None:
             zf.writestr(info, buf.getvalue())
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FgsdError(f"missing input file: {path}")
+    _note(READ, path)
+    return path
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    path = _existing(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
@@ -65,10 +83,18 @@ def save_json(path: str | Path, obj) -> None:
 
 
 def load_json(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise FgsdError(f"missing input file: {path}")
-    return json.loads(path.read_text())
+    return json.loads(_existing(path).read_text())
+
+
+def load_csv(path: str | Path):
+    import pandas as pd
+    return pd.read_csv(_existing(path))
+
+
+def load_torch(path: str | Path, device="cpu"):
+    """A checkpoint written by this pipeline (full pickles: only load files you made)."""
+    import torch
+    return torch.load(_existing(path), map_location=device, weights_only=False)
 
 
 def save_csv(path: str | Path, frame) -> None:
@@ -77,9 +103,13 @@ def save_csv(path: str | Path, frame) -> None:
 
 
 def save_torch(path: str | Path, obj) -> None:
+    """torch.save through a buffer: saved to a file, the archive is named after the (random) temp
+    file, so the same weights would give different bytes."""
     import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def sha256(path: str | Path) -> str:

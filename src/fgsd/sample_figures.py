@@ -63,7 +63,7 @@ def fig_samples(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
     """Per seen class: training exemplars, feature-guided samples; beside them, mixture samples."""
     cond = files.load_npz(Path(samples_dir) / "conditional.npz")
     mix = files.load_npz(Path(samples_dir) / "mixture.npz")
-    train, table = load_split(data_dir, "train"), pd.read_csv(metrics_csv)
+    train, table = load_split(data_dir, "train"), files.load_csv(metrics_csv)
     classes = [str(c) for c in train["classes"]]
     labels = np.unique(cond["label"])
     k = min(8, int((cond["label"] == labels[0]).sum()))
@@ -111,7 +111,7 @@ def fig_interpolation(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
 def fig_fewshot(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
     """Held-out classes: real crops, then samples from centroids of N exemplars per row."""
     few = files.load_npz(Path(samples_dir) / "fewshot.npz")
-    unseen, table = load_split(data_dir, "unseen"), pd.read_csv(metrics_csv)
+    unseen, table = load_split(data_dir, "unseen"), files.load_csv(metrics_csv)
     classes = [str(c) for c in unseen["classes"]]
     tile = few["images"].shape[-1]
     rows, labels = [], []
@@ -131,14 +131,14 @@ def fig_fewshot(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
 
 def fig_quality_nfe(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
     """KID and classifier accuracy of conditional samples vs network evaluations per sample."""
-    t = pd.read_csv(metrics_csv)
+    t = files.load_csv(metrics_csv)
     t = t[t.set == "nfe"]
     wide = t[t.extractor.fillna("").isin(["", "fgsd-classifier"])].pivot_table(
         index="variant", columns="metric", values="value").reset_index()
     wide["sampler"] = np.where(wide.variant.str.startswith("ddim"), f"DDIM (η={cfg['sampling']['ddim_eta']:g})",
                                "coarse-to-fine (Alg. B)")
     n = int(t.n_samples.iloc[0])
-    real = pd.read_csv(metrics_csv).query("set == 'real' and metric == 'kid' and extractor == 'fgsd-classifier'")
+    real = files.load_csv(metrics_csv).query("set == 'real' and metric == 'kid' and extractor == 'fgsd-classifier'")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     for a, metric, label in ((ax[0], "kid", "KID (in-domain features)"), (ax[1], "accuracy", "classifier accuracy")):
         for sampler, d in wide.groupby("sampler"):

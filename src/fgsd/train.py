@@ -134,7 +134,7 @@ def train(cfg: dict, kind: str, data_dir: str | Path, out_dir: str | Path, state
     state_path = Path(state_dir) / f"{kind}.pt"
     step, rows, loss_sum, loss_n = 0, [], 0.0, 0
     if state_path.is_file():
-        state = torch.load(state_path, map_location=dev, weights_only=False)
+        state = files.load_torch(state_path, dev)
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -202,7 +202,7 @@ def load_model(path: str | Path, device="cpu") -> tuple[network.UNet, dict]:
     path = Path(path)
     if not path.is_file():
         raise FgsdError(f"missing model file: {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = files.load_torch(path, device)
     c = ckpt["model_config"]
     model = network.UNet(**c).to(device)
     model.load_state_dict(ckpt["state_dict"])

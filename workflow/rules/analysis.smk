@@ -4,7 +4,8 @@ rule sweep:
         expand("results/models/{kind}/model.pt", kind=KINDS),
         code("network", "data", "train", "kl", "analysis"),
     output:
-        "results/analysis/sweep.csv",
+        table="results/analysis/sweep.csv",
+        prov="results/provenance/sweep.json",
     params:
         tracked=tracked("sweep"),
         data=DATA,
@@ -13,8 +14,11 @@ rule sweep:
     benchmark:
         "results/benchmarks/sweep.tsv"
     threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
     shell:
-        "python -m fgsd sweep --models results/models --data {params.data} --out {output} --log {log}"
+        "python -m fgsd sweep --models results/models --data {params.data} --out {output.table} --log {log}"
+        " --provenance {output.prov}"
 
 
 rule separation:
@@ -22,7 +26,8 @@ rule separation:
         expand("results/features/{kind}/phi.npz", kind=["mixture", "conditional"]),
         code("network", "data", "train", "kl", "analysis"),
     output:
-        "results/analysis/separation.csv",
+        table="results/analysis/separation.csv",
+        prov="results/provenance/separation.json",
     params:
         tracked=tracked("separation"),
     log:
@@ -30,7 +35,8 @@ rule separation:
     benchmark:
         "results/benchmarks/separation.tsv"
     shell:
-        "python -m fgsd separation --features results/features --out {output} --log {log}"
+        "python -m fgsd separation --features results/features --out {output.table} --log {log}"
+        " --provenance {output.prov}"
 
 
 rule density:
@@ -40,7 +46,8 @@ rule density:
         "results/features/conditional/phi.npz",
         code("network", "data", "train", "kl", "analysis"),
     output:
-        "results/analysis/density.csv",
+        table="results/analysis/density.csv",
+        prov="results/provenance/density.json",
     params:
         tracked=tracked("density"),
         data=DATA,
@@ -49,9 +56,12 @@ rule density:
     benchmark:
         "results/benchmarks/density.tsv"
     threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
     shell:
         "python -m fgsd density --model results/models/conditional/model.pt"
-        " --phi results/features/conditional/phi.npz --data {params.data} --out {output} --log {log}"
+        " --phi results/features/conditional/phi.npz --data {params.data} --out {output.table} --log {log}"
+        " --provenance {output.prov}"
 
 
 rule summary:
@@ -65,6 +75,7 @@ rule summary:
     output:
         summary="results/metrics/summary.json",
         gain="results/analysis/psnr_gain.csv",
+        prov="results/provenance/summary.json",
     params:
         tracked=tracked("summary"),
     log:
@@ -74,3 +85,4 @@ rule summary:
     shell:
         "python -m fgsd summary --analysis results/analysis --samples results/metrics/samples.json"
         " --classifier results/models/classifier/metrics.json --out {output.summary} --log {log}"
+        " --provenance {output.prov}"

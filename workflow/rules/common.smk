@@ -8,6 +8,7 @@ import os
 # are the same under every preset and for DVC, which runs them on params.yaml alone.
 os.environ["FGSD_PARAMS"] = " ".join(fgsd_config.snakemake_params_files(workflow, config))
 KINDS = list(fgsd_config.MODEL_KINDS)
+GPU = int(config["device"] == "cuda")  # rules that run a network ask a cluster for a GPU under device: cuda
 DATA = f"results/data/{config['data']['dataset']}"
 DATA_FILES = [f"{DATA}/{name}" for name in ("train.npz", "test.npz", "unseen.npz", "manifest.json")]
 
@@ -19,7 +20,7 @@ wildcard_constraints:
 def code(*modules):
     """The library files a rule runs: editing one re-runs the rule (Snakemake's code trigger
     sees only the rule body, not the modules it imports)."""
-    return [f"src/fgsd/{m}.py" for m in ("__main__", "config", "errors", "files", *modules)]
+    return [f"src/fgsd/{m}.py" for m in ("__main__", "config", "errors", "files", "provenance", *modules)]
 
 
 def tracked(stage):

@@ -3,6 +3,7 @@ rule data:
         code("sources", "data"),
     output:
         DATA_FILES,
+        prov="results/provenance/data.json",
     params:
         tracked=tracked("data"),
         out=DATA,
@@ -12,3 +13,4 @@ rule data:
         "results/benchmarks/data.tsv"
     shell:
         "python -m fgsd data --out {params.out} --log {log}"
+        " --provenance {output.prov}"

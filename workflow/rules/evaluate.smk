@@ -5,6 +5,7 @@ rule classifier:
     output:
         model="results/models/classifier/model.pt",
         metrics="results/models/classifier/metrics.json",
+        prov="results/provenance/classifier.json",
     params:
         tracked=tracked("classifier"),
         data=DATA,
@@ -14,8 +15,11 @@ rule classifier:
     benchmark:
         "results/benchmarks/classifier.tsv"
     threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
     shell:
         "python -m fgsd classifier --data {params.data} --out {params.out} --log {log}"
+        " --provenance {output.prov}"
 
 
 rule evaluate:
@@ -27,6 +31,7 @@ rule evaluate:
     output:
         table="results/metrics/samples.csv",
         headline="results/metrics/samples.json",
+        prov="results/provenance/evaluate.json",
     params:
         tracked=tracked("evaluate"),
         data=DATA,
@@ -35,6 +40,9 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate.tsv"
     threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
     shell:
         "python -m fgsd evaluate --samples results/samples --data {params.data}"
         " --classifier results/models/classifier/model.pt --out {output.table} --log {log}"
+        " --provenance {output.prov}"

@@ -6,6 +6,7 @@ rule centroids:
     output:
         phi="results/features/{kind}/phi.npz",
         table="results/features/{kind}/centroids.csv",
+        prov="results/provenance/centroids_{kind}.json",
     params:
         tracked=tracked("centroids"),
         data=DATA,
@@ -14,6 +15,9 @@ rule centroids:
         "results/logs/centroids_{kind}.log",
     benchmark:
         "results/benchmarks/centroids_{kind}.tsv"
+    resources:
+        gpu=GPU,
     shell:
         "python -m fgsd centroids --model results/models/{wildcards.kind}/model.pt"
         " --data {params.data} --out {params.out} --log {log}"
+        " --provenance {output.prov}"

@@ -23,6 +23,7 @@ rule figure:
     output:
         pdf="results/figures/{name}.pdf",
         png=report("results/figures/{name}.png", caption="../report/figure.rst", category="Figures"),
+        prov="results/provenance/figure_{name}.json",
     params:
         tracked=tracked("figure"),
         data=DATA,
@@ -34,3 +35,4 @@ rule figure:
         name="|".join(FIGURES),
     shell:
         "python -m fgsd figure {wildcards.name} --data {params.data} --out {output.pdf} --log {log}"
+        " --provenance {output.prov}"

@@ -7,7 +7,8 @@ rule sample:
         lambda wildcards: f"results/models/{'mixture' if wildcards.sample_set == 'mixture' else 'conditional'}/model.pt",
         code("network", "data", "train", "samplers", "generate"),
     output:
-        "results/samples/{sample_set}.npz",
+        samples="results/samples/{sample_set}.npz",
+        prov="results/provenance/sample_{sample_set}.json",
     params:
         tracked=tracked("sample"),
         data=DATA,
@@ -18,6 +19,9 @@ rule sample:
     wildcard_constraints:
         sample_set="|".join(SAMPLE_SETS),
     threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
     shell:
         "python -m fgsd sample {wildcards.sample_set} --models results/models --data {params.data}"
-        " --out {output} --log {log}"
+        " --out {output.samples} --log {log}"
+        " --provenance {output.prov}"

@@ -7,6 +7,7 @@ rule train:
         log_csv="results/models/{kind}/train_log.csv",
         config="results/models/{kind}/config.json",
         metrics="results/models/{kind}/metrics.json",
+        prov="results/provenance/train_{kind}.json",
     params:
         tracked=tracked("train"),
         data=DATA,
@@ -17,8 +18,10 @@ rule train:
         "results/benchmarks/train_{kind}.tsv"
     threads: 8  # scaled down to --cores on smaller machines
     resources:
+        gpu=GPU,
         mem_mb=4000,
         runtime=120,
     shell:
         "python -m fgsd train --kind {wildcards.kind} --data {params.data}"
         " --out {params.out} --log {log}"
+        " --provenance {output.prov}"
