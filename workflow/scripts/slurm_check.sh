@@ -29,7 +29,7 @@ echo "== local run (reference)"
 
 echo "== SLURM run through workflow/profiles/slurm"
 start=$(date +%s)
-(cd "$work/slurm" && snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml \
+(cd "$work/slurm" && timeout 1500 snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2 \
     --max-threads 2 --latency-wait 5 --default-resources mem_mb=1000 runtime=30 --set-resources train:mem_mb=2000) \
     > "$work/slurm.log" 2>&1 || { tail -n 60 "$work/slurm.log"; exit 1; }
