@@ -3,6 +3,7 @@
     python benchmarks/bench.py throughput   # training img/s and GFLOP/s per model, sampler NFE/s, ceilings
     python benchmarks/bench.py pipeline     # no-op re-run time of snakemake and dvc repro (needs a finished
                                             # main job), and the main job's time from its benchmark TSVs
+    python benchmarks/bench.py flops --params params.yaml config/paper.yaml   # FLOPs per training step
 
 FLOPs come from torch's flop counter (a multiply-add counts 2). The ceilings are measured here
 (an SGEMM) and quoted from DESIGN.md §4 (FMA peak, UNet convolutions) for comparison.
@@ -84,6 +85,26 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
     return df
 
 
+def step_flops(cfg: dict, probe_batch: int = 8) -> pd.DataFrame:
+    """FLOPs of one training step at the preset's batch and crop size, counted on a small batch
+    and scaled (linear in batch): sizes a preset too big to time here, e.g. config/paper.yaml."""
+    size, batch, steps = cfg["data"]["crop_size"], cfg["train"]["batch_size"], cfg["train"]
+    rows = []
+    for kind in ("mixture", "conditional"):
+        model = network.build(cfg["model"], model_channels(cfg), conditional=kind == "conditional")
+        x = torch.rand(probe_batch, model_channels(cfg), size, size)
+        f = flops(lambda: model(x, x if model.match else None).pow(2).sum().backward()) * batch / probe_batch
+        rows.append(dict(what=f"train step {kind}", batch=batch, crop=size,
+                         params_millions=sum(p.numel() for p in model.parameters()) / 1e6,
+                         tflop_per_step=f / 1e12, steps=steps[kind]["steps"],
+                         pflop_total=f * steps[kind]["steps"] / 1e15))
+    return pd.DataFrame(rows)
+
+
+def model_channels(cfg: dict) -> int:
+    return 3 if cfg["data"]["color"] else 1
+
+
 def pipeline() -> pd.DataFrame:
     rows = []
     for name, cmd in (("snakemake no-op re-run", ["snakemake", "--cores", "all"]),
@@ -101,11 +122,16 @@ def pipeline() -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("throughput", "pipeline"))
+    ap.add_argument("what", choices=("throughput", "pipeline", "flops"))
     ap.add_argument("--params", nargs="+", default=[str(ROOT / "params.yaml")])
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
-    df = throughput(config.load(args.params), args.reps) if args.what == "throughput" else pipeline()
+    if args.what == "throughput":
+        df = throughput(config.load(args.params), args.reps)
+    elif args.what == "flops":
+        df = step_flops(config.load(args.params))
+    else:
+        df = pipeline()
     OUT.mkdir(parents=True, exist_ok=True)
     df.to_csv(OUT / f"{args.what}.csv", index=False, float_format="%.4g")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
