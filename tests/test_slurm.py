@@ -23,6 +23,7 @@ def test_smoke_pipeline_through_the_slurm_profile_equals_a_local_run(tmp_path):
             pytest.fail(f"the SLURM check needs {' and '.join(missing)}")
         pytest.skip(f"needs {' and '.join(missing)}")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("OMP_NUM_THREADS", None)  # conftest pins 1 thread for in-process tests; jobs use the machine
     proc = subprocess.run(["bash", str(ROOT / "workflow/scripts/slurm_check.sh"), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=1800)
     print(proc.stdout[-4000:], proc.stderr[-4000:])

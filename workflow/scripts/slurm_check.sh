@@ -3,13 +3,15 @@
 # localhost, run the smoke pipeline through workflow/profiles/slurm (every job goes through sbatch)
 # and again locally, require byte-identical outputs, and stop the daemons (also on failure).
 #   workflow/scripts/slurm_check.sh [WORKDIR]       (root + apt-get; ~5 min on 2 cores)
-# The overrides below only fit the profile to this toy node (2 CPUs, no accounting database):
-# squeue for status (no slurmdbd, so no sacct), fast polling, small memory requests.
+# The overrides below only fit the profile to this toy node (this machine's CPUs, no accounting
+# database): squeue for status (no slurmdbd, so no sacct), fast polling, threads capped at the
+# node's CPUs, small memory requests. The SLURM run normally takes ~4 min; it is stopped at 15.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 here="$repo/workflow/scripts"
 work="${1:-$(mktemp -d /tmp/fgsd-slurm-check.XXXXXX)}"
 mkdir -p "$work"
+cpus=$(getconf _NPROCESSORS_ONLN)  # the toy node has them all; jobs are capped to it
 
 "$here/slurm_local.sh" install
 trap '"$here/slurm_local.sh" stop' EXIT
@@ -24,14 +26,14 @@ copy_tree "$work/local"
 copy_tree "$work/slurm"
 
 echo "== local run (reference)"
-(cd "$work/local" && snakemake --cores 2 --configfile config/smoke.yaml --quiet rules) > "$work/local.log" 2>&1 ||
+(cd "$work/local" && snakemake --cores "$cpus" --configfile config/smoke.yaml --quiet rules) > "$work/local.log" 2>&1 ||
     { tail -n 40 "$work/local.log"; exit 1; }
 
 echo "== SLURM run through workflow/profiles/slurm"
 start=$(date +%s)
-(cd "$work/slurm" && timeout 1500 snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml \
+(cd "$work/slurm" && timeout -k 30 900 snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2 \
-    --max-threads 2 --latency-wait 5 --default-resources mem_mb=1000 runtime=30 --set-resources train:mem_mb=2000) \
+    --max-threads "$cpus" --latency-wait 5 --default-resources mem_mb=1000 runtime=30 --set-resources train:mem_mb=2000) \
     > "$work/slurm.log" 2>&1 || { tail -n 60 "$work/slurm.log"; exit 1; }
 echo "SLURM run: $(( $(date +%s) - start )) s"
 

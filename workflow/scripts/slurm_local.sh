@@ -26,7 +26,7 @@ install() {
 write_config() {
     local host cpus mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it obeys OMP_NUM_THREADS
     mem=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 2048 ))
     cat > "$D/slurm.conf" <<EOF
 ClusterName=fgsd-local
@@ -80,7 +80,7 @@ start() {
     slurmd -f "$CONF" -N localnode
     for _ in $(seq 60); do
         if sinfo -h -o '%T' 2>/dev/null | grep -qx idle; then
-            echo "slurm_local.sh: node localnode is idle ($(nproc) CPUs, 1 fake GPU); state in $D"
+            echo "slurm_local.sh: node localnode is idle ($(getconf _NPROCESSORS_ONLN) CPUs, 1 fake GPU); state in $D"
             return
         fi
         sleep 0.5
