@@ -113,7 +113,7 @@ def _thumbnail(img: np.ndarray) -> np.ndarray:
 def select_textures(classes: list[RawClass], d: dict, seed: int) -> tuple[list[RawClass], dict[str, str]]:
     """Drop texture classes that are too small, flat or near-duplicates of a kept one (greedy, in
     name order), then keep at most `max_classes`. Returns the kept classes and why each other went."""
-    kept, dropped, thumbs = [], {}, []
+    kept, dropped, thumbs = [], {}, []  # thumbs: (name, standardised thumbnail) of kept textures
     for c in classes:
         if c.texture is None:
             kept.append(c)
@@ -123,16 +123,16 @@ def select_textures(classes: list[RawClass], d: dict, seed: int) -> tuple[list[R
             continue
         t = _thumbnail(c.texture)
         if t.std() < FLAT_STD:
-            dropped[c.name] = "flat (thumbnail std below 5 grey levels)"
+            dropped[c.name] = f"flat (thumbnail std below {FLAT_STD:g} grey levels)"
             continue
         t = (t - t.mean()) / t.std()
-        corr = [float(t @ u) / t.size for u in thumbs]
+        corr = [float(t @ u) / t.size for _, u in thumbs]
         if corr and d["dedup_corr"] < 1 and max(corr) > d["dedup_corr"]:
-            twin = [k for k in kept if k.texture is not None][int(np.argmax(corr))]
-            dropped[c.name] = f"near-duplicate of {twin.name} (correlation {max(corr):.3f} > data.dedup_corr)"
+            twin = thumbs[int(np.argmax(corr))][0]
+            dropped[c.name] = f"near-duplicate of {twin} (correlation {max(corr):.3f} > data.dedup_corr)"
             continue
         kept.append(c)
-        thumbs.append(t)
+        thumbs.append((c.name, t))
     if d["max_classes"] and len(kept) > d["max_classes"]:
         chosen = set(np.random.default_rng([seed, 1]).choice(len(kept), d["max_classes"], replace=False).tolist())
         dropped.update({c.name: "not drawn (data.max_classes)" for i, c in enumerate(kept) if i not in chosen})
