@@ -126,9 +126,9 @@ def _idx(path: Path) -> np.ndarray:
 def _need_apt(package: str, dataset: str) -> None:
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
         raise FgsdError(f"data.dataset '{dataset}' needs the Debian package {package}, and this machine has no "
-                        f"apt-get/dpkg-deb: use a Debian or Ubuntu machine (or 'apt-get download {package}' on one "
-                        f"and copy it into {cache_dir() / 'deb'}), or set data.dataset: folder and data.folder "
-                        f"to a directory of your own texture images")
+                        f"apt-get/dpkg-deb: run the data stage on a Debian or Ubuntu machine and copy its "
+                        f"{cache_dir() / 'deb'} folder here (set FGSD_CACHE to move it), or set data.dataset: "
+                        f"folder and data.folder to a directory of your own texture images")
 
 
 def _apt_download(spec: str, into: Path) -> Path:
