@@ -166,6 +166,7 @@ class GameTextures:
     archive: str                 # path of the zip (.pk3) inside the package
     members: str                 # regex over member paths: the texture files to keep
     aux: str                     # regex over file stems: normal/specular/gloss maps to drop
+    prefix: str                  # regex: the member-path prefix left out of class names
     licence: str
 
     def cached_zip(self, dataset: str) -> Path:
@@ -194,16 +195,21 @@ class GameTextures:
         stem = member.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         return bool(re.fullmatch(self.members, member)) and not re.search(self.aux, stem, re.I)
 
+    def class_name(self, dataset: str, member: str) -> str:
+        """<dataset>-<folder>-<stem>, e.g. ufoai-nature-grass01 (stems like x.dds.cached lose every suffix)."""
+        return f"{dataset}-" + re.sub(f"^{self.prefix}", "", member).split(".")[0].replace("/", "-")
+
 
 GAME_TEXTURES = {
     "ufoai": GameTextures(
         "ufoai-textures", "2.5-2", "usr/share/games/ufoai/base/0textures.pk3",
         members=r"textures/tex_(nature|material|buildings|streets|terrain|dirt)/[^/]+\.(jpg|png|tga)",
-        aux=r"_(nm|sm|gm|rm|hm)$", licence="GPL-2+ (some files CC-BY-3.0)"),
+        aux=r"_(nm|sm|gm|rm|hm)$", prefix=r"textures/tex_", licence="GPL-2+ (some files CC-BY-3.0)"),
     "0ad": GameTextures(
         "0ad-data", "0.0.26-1", "usr/share/games/0ad/mods/public/public.zip",
         members=r"art/textures/terrain/.+\.dds",
-        aux=r"(_norm|_spec|_nm\b|normal|_ao\b|_sp\b)", licence="CC-BY-SA-3.0"),
+        aux=r"(_norm|_spec|_nm\b|normal|_ao\b|_sp\b)", prefix=r"art/textures/terrain/(types/)?",
+        licence="CC-BY-SA-3.0"),
 }
 
 
@@ -216,8 +222,7 @@ def game_textures(dataset: str):
         classes = []
         with zipfile.ZipFile(path) as zf:
             for member in tqdm(zf.namelist(), desc=f"{dataset}: decoding", unit="image", mininterval=2):
-                name = re.sub(r"^(textures/tex_|art/textures/terrain/(types/)?)", "", member).split(".")[0]
-                classes.append(RawClass(f"{dataset}-{name.replace('/', '-')}", origin=f"{path}:{member}",
+                classes.append(RawClass(src.class_name(dataset, member), origin=f"{path}:{member}",
                                         texture=_decode(zf.read(member), f"{path}:{member}", color)))
         return classes, {"packages": {src.package: src.version}, "licence": src.licence}
 
