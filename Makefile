@@ -14,7 +14,8 @@ run: setup                 ## the main job: every stage on the default preset (p
 smoke: setup               ## the whole DAG on the smoke preset (minutes)
 	snakemake --cores all --configfile config/smoke.yaml
 
-test: setup                ## the default test suite (includes the smoke chain end to end)
+test: setup                ## lint, then the default test suite (includes the smoke chain end to end)
+	ruff check src tests benchmarks
 	pytest
 
 test-all: setup            ## also the slow tests (Debian downloads) and the SLURM check
@@ -24,7 +25,7 @@ test-slurm: setup          ## the SLURM profile on a real one-node SLURM (root +
 	pytest -m slurm -s
 
 dvc-yaml: setup            ## regenerate dvc.yaml from the Snakemake DAG
-	python -m fgsd dvc-yaml
+	python -m fgsd.dvcgen
 
 setup: $(STAMP)
 	@python -c "import fgsd, pathlib, sys; sys.exit(pathlib.Path(fgsd.__file__).parent != pathlib.Path('src/fgsd').resolve())" 2>/dev/null \

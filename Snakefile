@@ -29,8 +29,9 @@ rule all:
     default_target: True
     input:
         DATA_FILES,
-        expand("results/models/{kind}/model.pt", kind=KINDS),
+        expand(stages.MODEL, kind=KINDS),
         expand("results/features/{kind}/centroids.csv", kind=KINDS),
         "results/metrics/summary.json",
+        "results/metrics/samples.csv",
         expand("results/figures/{name}.pdf", name=FIGURES),
         "results/metrics/provenance.csv",

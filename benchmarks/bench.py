@@ -23,6 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from fgsd import config, network  # noqa: E402
+from fgsd.denoisers import denoising_loss  # noqa: E402
+from fgsd.runtime import generator  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 DESIGN_CEILINGS_GFLOPS = {"fma_peak_2core": 190.0, "unet_conv_2core": 60.0}
@@ -59,9 +61,8 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
 
-        def step():
-            out = model(x + 0.1 * torch.randn_like(x), cond if model.match else None)
-            loss = (out - x).pow(2).sum() / batch
+        def step():  # the training stage's own loss: sigma = u^2, summed over pixels, mean over the batch
+            loss = denoising_loss(model, x, cond if model.match else None, generator(0, 3, 0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fgsd import config
+from fgsd import config, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,21 @@ def write_textures(folder: Path, n_classes: int = 4, size: int = 96, seed: int =
     return folder
 
 
+def train_into(cfg: dict, kind: str, data_dir, out_dir, state_dir, **kw) -> dict:
+    """`train.train` with its four outputs in one folder, as the pipeline lays them out."""
+    from fgsd import train
+    out = Path(out_dir)
+    return train.train(cfg, kind, data_dir, model=out / "model.pt", train_log=out / "train_log.csv",
+                       config_json=out / "config.json", metrics=out / "metrics.json", state=state_dir, **kw)
+
+
+def train_cli(kind: str, data_dir, out_dir, state_dir) -> list[str]:
+    """The same as a `python -m fgsd train` argument list (what the Snakemake rule runs)."""
+    out = Path(out_dir)
+    return ["train", kind, f"data={data_dir}", f"model={out / 'model.pt'}", f"train_log={out / 'train_log.csv'}",
+            f"config_json={out / 'config.json'}", f"metrics={out / 'metrics.json'}", f"state={state_dir}"]
+
+
 @pytest.fixture
 def texture_dir(tmp_path) -> Path:
     return write_textures(tmp_path / "textures")
@@ -38,7 +53,7 @@ def tiny_cfg(texture_dir) -> dict:
                        train_per_class=24, test_per_class=6, n_unseen=1)
     cfg["train"].update(batch_size=16, checkpoint_every=4, eval_every=6, eval_crops_per_class=3)
     cfg["train"]["single"]["class"] = "tex0"  # seed 0 holds out tex2
-    for kind in config.MODEL_KINDS:
+    for kind in stages.MODEL_KINDS:
         cfg["train"][kind]["steps"] = 12
     cfg["device"] = "cpu"
     return cfg

@@ -2,8 +2,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import train_into
 
-from fgsd import analysis, data, files, train
+from fgsd import analysis, data, files, summary
 
 
 def test_separation_ratio_by_hand(tmp_path):
@@ -13,8 +14,9 @@ def test_separation_ratio_by_hand(tmp_path):
     files.save_npz(tmp_path / "phi.npz", layers=np.array(["a", "b"]), layer_sizes=np.array([1, 2]),
                    centroids_train=cent, within_var_train=var, centroid_labels_train=np.array([0, 1, 2]),
                    classes=np.array(["x", "y", "z"]))
-    analysis.separation({"m": tmp_path / "phi.npz"}, tmp_path / "sep.csv")
-    sep = pd.read_csv(tmp_path / "sep.csv").set_index(["cls_a", "cls_b", "layer"])
+    analysis.separation(tmp_path / "phi.npz", tmp_path / "phi.npz", tmp_path / "sep.csv")
+    sep = pd.read_csv(tmp_path / "sep.csv")
+    sep = sep[sep.model == "mixture"].set_index(["cls_a", "cls_b", "layer"])
     assert sep.loc[("x", "y", "a"), "ratio"] == pytest.approx(1 / np.sqrt(1 * 4))
     assert sep.loc[("x", "z", "b"), "centroid_sqdist"] == pytest.approx(25)
     assert sep.loc[("x", "z", "b"), "ratio"] == pytest.approx(25 / np.sqrt(4 * 1))
@@ -25,14 +27,16 @@ def test_separation_ratio_by_hand(tmp_path):
 def trained(tiny_cfg, tmp_path):
     data.prepare(tiny_cfg, tmp_path / "data")
     for kind in ("mixture", "conditional", "single"):
-        train.train(tiny_cfg, kind, tmp_path / "data", tmp_path / "models" / kind, tmp_path / "state")
+        train_into(tiny_cfg, kind, tmp_path / "data", tmp_path / "models" / kind, tmp_path / "state")
     return tiny_cfg, tmp_path
 
 
 def test_sweep_rows_and_input_psnr(trained):
     cfg, tmp = trained
-    cfg["analysis"]["sigmas"] = [0.05, 0.5]
-    analysis.sweep(cfg, tmp / "models", tmp / "data", tmp / "sweep.csv", device="cpu")
+    cfg["sigmas"] = [0.05, 0.5]
+    m = tmp / "models"
+    analysis.sweep(cfg, m / "mixture/model.pt", m / "conditional/model.pt", m / "single/model.pt", tmp / "data",
+                   tmp / "sweep.csv", device="cpu")
     d = pd.read_csv(tmp / "sweep.csv")
     n_test = len(files.load_npz(tmp / "data" / "test.npz")["labels"])
     assert len(d) == n_test * 2 * 6
@@ -45,16 +49,17 @@ def test_sweep_rows_and_input_psnr(trained):
     # the same noise for every denoiser: input PSNR identical across models per image and sigma
     assert d.groupby(["image", "sigma"]).input_psnr.nunique().max() == 1
     assert set(d[d.is_y0].cls) == {cfg["train"]["single"]["class"]}
-    gain = analysis.psnr_gain(d)
+    gain = summary.psnr_gain(d)
     assert len(gain) == 12 and (gain.n == n_test).all()
 
 
 def test_density_stage_and_summary(trained):
     cfg, tmp = trained
     from fgsd import centroids
-    centroids.compute(cfg, tmp / "models/conditional/model.pt", tmp / "data", tmp / "f", device="cpu")
+    centroids.compute(cfg, tmp / "models/conditional/model.pt", tmp / "data", tmp / "phi.npz", tmp / "c.csv",
+                      device="cpu")
     cfg["analysis"].update(kl_n_sigmas=3, kl_max_pairs=2)
-    analysis.density(cfg, tmp / "models/conditional/model.pt", tmp / "f/phi.npz", tmp / "data", tmp / "d.csv", "cpu")
+    analysis.density(cfg, tmp / "models/conditional/model.pt", tmp / "phi.npz", tmp / "data", tmp / "d.csv", "cpu")
     d = pd.read_csv(tmp / "d.csv")
     assert len(d) == 2 and np.allclose(d.sym_kl, d.kl_ab + d.kl_ba, rtol=1e-4) and (d.sym_kl_diff_form >= 0).all()
     assert (d.centroid_sqdist > 0).all()

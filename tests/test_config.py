@@ -1,9 +1,8 @@
 import pytest
-
-from fgsd import config
-from fgsd.errors import FgsdError
-
 from conftest import ROOT
+
+from fgsd import config, stages
+from fgsd.errors import FgsdError
 
 BASE = ROOT / "params.yaml"
 
@@ -90,9 +89,23 @@ def test_int_accepted_where_float_expected(tmp_path):
     assert cfg["train"]["lr"] == 1
 
 
-def test_stage_keys_exist_in_params():
+def test_every_declared_key_exists_in_params():
     cfg = config.load([BASE])
-    for stage in ("data", "centroids"):
-        config.select(cfg, config.stage_keys(stage))
-    for kind in config.MODEL_KINDS:
-        assert f"train.{kind}" in config.select(cfg, config.stage_keys("train", kind))
+    names = {"train": stages.MODEL_KINDS, "sample": stages.SAMPLE_SETS, "figure": stages.FIGURES,
+             "evaluate": stages.EVAL_GROUPS}
+    for stage in stages.STAGES:
+        for name in names.get(stage, [None]):
+            config.select(cfg, stages.stage_keys(stage, name))  # raises KeyError on a key params.yaml lacks
+    for kind in stages.MODEL_KINDS:
+        assert f"train.{kind}" in config.select(cfg, stages.stage_keys("train", kind))
+
+
+def test_a_stage_sees_only_the_keys_it_declares():
+    """What keeps provenance, Snakemake's params trigger and dvc.yaml honest: a stage that reads a
+    key it does not declare stops with the key's name (Figs 6 and 9 once read undeclared keys)."""
+    cfg = config.restrict(config.load([BASE]), stages.stage_keys("figure", "fig6_samples"), "stage 'figure fig6'")
+    assert cfg["sampling"]["beta"] == 0.1 and set(cfg) == {"sampling"}
+    with pytest.raises(FgsdError, match="'figure fig6' read params key 'sampling.per_class'.*does not declare"):
+        cfg["sampling"]["per_class"]
+    with pytest.raises(FgsdError, match="read params key 'seed'"):
+        cfg["seed"]

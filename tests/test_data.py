@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
-from fgsd import config, data, files, sources
+from fgsd import config, data, files, sources, stages
 from fgsd.data import select_textures
 from fgsd.errors import FgsdError
 from fgsd.sources import GameTextures, RawClass
-
-from conftest import ROOT, write_textures
 
 
 def _prepare(cfg, out):
@@ -24,7 +23,7 @@ def _prepare(cfg, out):
 def test_outputs_manifest_and_counts(tiny_cfg, tmp_path):
     out = tmp_path / "results" / "data"
     m = _prepare(tiny_cfg, out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(data.OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == sorted(stages.DATA_FILES)
     assert len(m["classes"]) == 3 and len(m["unseen_classes"]) == 1
     train, test, unseen = (files.load_npz(out / f"{s}.npz") for s in ("train", "test", "unseen"))
     assert train["images"].shape == (3 * 24, 1, 16, 16) and train["images"].dtype == np.uint8
@@ -51,7 +50,7 @@ def test_train_and_test_crops_come_from_disjoint_rows(tiny_cfg, tmp_path):
 def test_same_seed_gives_byte_identical_outputs(tiny_cfg, tmp_path):
     _prepare(tiny_cfg, tmp_path / "a")
     _prepare(tiny_cfg, tmp_path / "b")
-    for name in data.OUTPUTS:
+    for name in stages.DATA_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     tiny_cfg["seed"] = 1
     _prepare(tiny_cfg, tmp_path / "c")
@@ -176,7 +175,7 @@ def _fake_game_deb(tmp_path, src: GameTextures, members: dict[str, bytes]) -> Pa
 @pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
 def test_game_textures_extracts_filters_and_caches(tiny_cfg, tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
-    png = lambda img: (lambda b: (Image.fromarray(img).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())  # noqa: E731
+    png = lambda img: (lambda b: (Image.fromarray(img).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())
     members = {"textures/tex_nature/grass01.png": png(_texture(rng, angle=0.3)),
                "textures/tex_nature/grass01_nm.png": png(_texture(rng, angle=0.9)),  # a normal map: dropped
                "textures/tex_material/metal02.jpg": png(_texture(rng, angle=2.0, freq=0.4)),

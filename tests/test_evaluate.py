@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgsd import classifier, data, evaluate, files
+from fgsd import checkpoints, classifier, data, evaluate
 from fgsd.errors import FgsdError
 
 
@@ -15,7 +15,7 @@ def weights(tmp_path_factory):
     torch.manual_seed(0)
     net = classifier.Classifier(channels=1, n_classes=3, width=16, feature_dim=16)
     path = tmp_path_factory.mktemp("clf") / "model.pt"
-    files.save_torch(path, dict(config=net.config, classes=["a", "b", "c"], state_dict=net.state_dict()))
+    checkpoints.save(path, "classifier", net, classes=["a", "b", "c"])
     return path
 
 
@@ -60,12 +60,14 @@ def test_nearest_rmse_known_answers():
 def test_classifier_learns_the_synthetic_textures(tiny_cfg, tmp_path):
     data.prepare(tiny_cfg, tmp_path / "data")
     tiny_cfg["evaluate"].update(classifier_steps=60, classifier_width=16, feature_dim=16)
-    metrics = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "clf", "cpu")
+    metrics = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "clf" / "model.pt",
+                                          tmp_path / "clf" / "metrics.json", "cpu")
     assert metrics["n_classes"] == 4 and metrics["n_test"] == 4 * 6
     assert metrics["test_accuracy"] > 0.5, metrics  # chance is 0.25
     model, classes = classifier.load_classifier(tmp_path / "clf" / "model.pt")
     assert classes == ["tex0", "tex1", "tex3", "tex2"]  # seen classes first, then the held-out one
-    again = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "clf2", "cpu")
+    again = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "clf2" / "model.pt",
+                                        tmp_path / "clf2" / "metrics.json", "cpu")
     assert again == metrics, "same seed, same classifier"
 
 

@@ -4,13 +4,16 @@ conditioner at the requested noise level."""
 import numpy as np
 import pytest
 import torch
+from conftest import train_into
 
-from fgsd import data, files, generate, train
+from fgsd import checkpoints, data, denoisers, files, generate, network, stages
+from fgsd.runtime import to_float
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from conftest import ROOT, write_textures
+
     from fgsd import config
     tmp = tmp_path_factory.mktemp("gen")
     cfg = config.load([ROOT / "params.yaml", ROOT / "config" / "smoke.yaml"])
@@ -21,23 +24,27 @@ def trained(tmp_path_factory):
     data.prepare(cfg, tmp / "data")
     for kind in ("mixture", "conditional"):
         cfg["train"][kind]["steps"] = 40
-        train.train(cfg, kind, tmp / "data", tmp / "models" / kind, tmp / "state", "cpu")
+        train_into(cfg, kind, tmp / "data", tmp / "models" / kind, tmp / "state", device="cpu")
     cfg["sampling"].update(sigma_final=0.1, beta=0.5, h0=0.05, fewshot_n=[1, 5, 500])
     return cfg, tmp
 
 
-@pytest.mark.parametrize("name", generate.SETS)
+def _model(tmp, name):
+    return tmp / "models" / stages.SAMPLE_SETS[name].model / "model.pt"
+
+
+@pytest.mark.parametrize("name", stages.SAMPLE_SETS)
 def test_every_set_writes_the_shared_columns(trained, name):
     cfg, tmp = trained
     out = tmp / f"{name}.npz"
-    generate.generate(cfg, name, tmp / "models", tmp / "data", out, "cpu")
+    generate.generate(cfg, name, _model(tmp, name), tmp / "data", out, "cpu")
     t = files.load_npz(out)
     n = len(t["images"])
     assert n > 0 and t["images"].dtype == np.uint8 and t["images"].shape[1:] == (1, 16, 16)
     for col in ("label", "class_b", "variant", "param", "nfe", "seed"):
         assert len(t[col]) == n, col
     assert (t["nfe"] > 1).all()
-    generate.generate(cfg, name, tmp / "models", tmp / "data", tmp / f"{name}-again.npz", "cpu")
+    generate.generate(cfg, name, _model(tmp, name), tmp / "data", tmp / f"{name}-again.npz", "cpu")
     assert out.read_bytes() == (tmp / f"{name}-again.npz").read_bytes(), "same seed, same file"
 
 
@@ -70,7 +77,7 @@ class Recorder(torch.nn.Module):
 
 def test_mixing_switches_the_conditioner_at_the_requested_level():
     coarse, fine = {"mid": torch.zeros(4, 2)}, {"mid": torch.ones(4, 2)}  # class a -> 0, class b -> 1
-    den = generate.network_denoiser(Recorder(), "cpu", coarse, fine, torch.tensor([0.0, 0.3, 0.3, 1.0]), batch=3)
+    den = denoisers.unet(Recorder(), "cpu", coarse, fine, torch.tensor([0.0, 0.3, 0.3, 1.0]), batch=3)
     out = den(torch.zeros(4, 1, 2, 2), torch.tensor([0.5, 0.5, 0.2, 0.5]), torch.arange(4))
     assert out[:, 0, 0, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
     # rows say which samples the batch holds once others have finished
@@ -80,12 +87,12 @@ def test_mixing_switches_the_conditioner_at_the_requested_level():
 
 def test_centroid_exemplars_are_seeded_and_capped(trained):
     cfg, tmp = trained
-    model, _ = train.load_model(tmp / "models/conditional/model.pt")
-    crops = train.to_float(data.load_split(tmp / "data", "train")["images"][:10])
-    a = generate.centroid(model, crops, 3, [0, 1], "cpu")
-    b = generate.centroid(model, crops, 3, [0, 1], "cpu")
-    c = generate.centroid(model, crops, 3, [0, 2], "cpu")
+    model, _ = checkpoints.load(tmp / "models/conditional/model.pt", network.UNet, ("conditional",))
+    crops = to_float(data.load_split(tmp / "data", "train")["images"][:10])
+    a = denoisers.class_centroid(model, crops, "cpu", 3, [0, 1])
+    b = denoisers.class_centroid(model, crops, "cpu", 3, [0, 1])
+    c = denoisers.class_centroid(model, crops, "cpu", 3, [0, 2])
     torch.testing.assert_close(a, b)
     assert not torch.equal(a["mid"], c["mid"])
-    torch.testing.assert_close(generate.centroid(model, crops, 0, [0], "cpu"),
-                               generate.centroid(model, crops, 99, [0], "cpu"))
+    torch.testing.assert_close(denoisers.class_centroid(model, crops, "cpu", 0, [0]),
+                               denoisers.class_centroid(model, crops, "cpu", 99, [0]))

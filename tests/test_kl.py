@@ -39,7 +39,7 @@ def test_monte_carlo_estimator_matches_the_symmetric_kl_within_5_percent(pair):
     sigmas = kl.log_grid(1e-3, 1e3, 48)
 
     def estimate(x, p, q):
-        gaps = np.array([kl.mse_gap(x, kl.gaussian_denoiser(*p, s), kl.gaussian_denoiser(*q, s), s, 2, g)
+        gaps = np.array([kl.mse_gap(x, kl.gaussian_denoiser(*p), kl.gaussian_denoiser(*q), s, 2, g)
                          for s in sigmas])
         return np.array([kl.integrate(sigmas, gaps[:, 0]), kl.integrate(sigmas, gaps[:, 1])])
 
@@ -55,15 +55,15 @@ def test_a_wrong_denoiser_is_detected(pair):
     g = torch.Generator().manual_seed(0)
     x0 = m0 + torch.randn(4000, 6, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(c0).T
     sigmas = kl.log_grid(1e-3, 1e3, 48)
-    est = kl.integrate(sigmas, np.array([kl.mse_gap(x0, kl.gaussian_denoiser(m0, c0, s),
-                                                    kl.gaussian_denoiser(m1, 2 * c1, s), s, 2, g)[0] for s in sigmas]))
+    est = kl.integrate(sigmas, np.array([kl.mse_gap(x0, kl.gaussian_denoiser(m0, c0),
+                                                    kl.gaussian_denoiser(m1, 2 * c1), s, 2, g)[0] for s in sigmas]))
     assert abs(est - kl.gaussian_kl(m0, c0, m1, c1)) > 0.2 * kl.gaussian_kl(m0, c0, m1, c1)
 
 
 def test_identical_denoisers_give_zero(pair):
     (m0, c0), _ = pair
     x = m0 + torch.randn(100, 6, dtype=torch.float64)
-    d = lambda s: kl.gaussian_denoiser(m0, c0, s)  # noqa: E731
-    value, value_sq, gaps = kl.kl_divergence(x, lambda y: d(0.1)(y), lambda y: d(0.1)(y), np.array([0.1, 0.2]), 1,
+    d = kl.gaussian_denoiser(m0, c0)
+    value, value_sq, gaps = kl.kl_divergence(x, d, d, np.array([0.1, 0.2]), 1,
                                    torch.Generator().manual_seed(0))
     assert value == 0 and value_sq == 0 and (gaps == 0).all()

@@ -12,10 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from fgsd import config, files
-
 from conftest import ROOT
+
+from fgsd import config, files, stages
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
@@ -51,14 +50,14 @@ def planned_jobs(cwd: Path, extra: list[str]) -> dict[str, int]:
 
 
 def test_dvc_yaml_matches_the_snakemake_dag():
-    run([sys.executable, "-m", "fgsd", "dvc-yaml", "--check"], ROOT)
+    run([sys.executable, "-m", "fgsd.dvcgen", "--check"], ROOT)
 
 
 def test_dvc_yaml_check_catches_drift(tmp_path):
     repo = copy_repo(tmp_path)
-    text = (repo / "dvc.yaml").read_text().replace("--kind single", "--kind single ")
+    text = (repo / "dvc.yaml").read_text().replace("train single model=", "train single  model=")
     (repo / "dvc.yaml").write_text(text)
-    proc = run([sys.executable, "-m", "fgsd", "dvc-yaml", "--check"], repo, check=False)
+    proc = run([sys.executable, "-m", "fgsd.dvcgen", "--check"], repo, check=False)
     assert proc.returncode != 0 and "out of date" in proc.stderr
 
 
@@ -73,7 +72,7 @@ def test_smoke_chain_produces_every_output(smoke_run):
     repo = smoke_run
     manifest = files.load_json(repo / "results/data/pip-textures/manifest.json")
     assert len(manifest["classes"]) == 11
-    for kind in config.MODEL_KINDS:
+    for kind in stages.MODEL_KINDS:
         for name in ("model.pt", "train_log.csv", "config.json", "metrics.json"):
             assert (repo / f"results/models/{kind}/{name}").is_file()
         assert (repo / f"results/features/{kind}/centroids.csv").is_file()
@@ -127,7 +126,7 @@ def test_every_figure_and_metrics_file_has_provenance(smoke_run):
         assert files.sha256(smoke_run / row.file).startswith(row.sha256), row.file
     cfg = config.load([ROOT / "params.yaml", ROOT / "config/smoke.yaml"])
     rec = files.load_json(smoke_run / "results/provenance/train_conditional.json")
-    assert rec["params_sha256"] == config.digest(config.select(cfg, config.stage_keys("train", "conditional")))
+    assert rec["params_sha256"] == config.digest(config.select(cfg, stages.stage_keys("train", "conditional")))
     assert rec["params"]["train.conditional"] == {"steps": 40} and rec["params_files"] == ["params.yaml", "config/smoke.yaml"]
     assert set(rec["inputs"]) >= {"results/data/pip-textures/train.npz", "results/data/pip-textures/manifest.json"}
     fig = files.load_json(smoke_run / "results/provenance/figure_fig5_density_distance.json")
@@ -162,9 +161,40 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["sampling"]["ddim_steps"] = [5]
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
-    # only the quality-vs-NFE set, and what reads the sample metrics (the four sample figures)
+    # only the quality-vs-NFE set, its evaluation, the figure that shows it, and the joined table
     assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
-        "sample": 1, "evaluate": 1, "summary": 1, "figure": 4, "provenance": 1, "all": 1}
+        "sample": 1, "evaluate": 1, "sample_metrics": 1, "figure": 1, "provenance": 1, "all": 1}
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path):
+    """A copy of the finished smoke run (mtimes kept) to edit the code of."""
+    repo = tmp_path / "repo"
+    shutil.copytree(smoke_run, repo, symlinks=True)
+    return repo
+
+
+def test_editing_the_training_loop_reruns_only_training_and_what_reads_models(smoke_copy):
+    with open(smoke_copy / "src/fgsd/train.py", "a") as f:
+        f.write("\n# an edit\n")
+    jobs = planned_jobs(smoke_copy, SMOKE)
+    assert jobs["train"] == 3 and jobs["sample"] == len(stages.SAMPLE_SETS)
+    assert "data" not in jobs and "classifier" not in jobs, "the data and the clean-image classifier do not run train.py"
+    assert jobs["evaluate"] == len(stages.SAMPLE_SETS), "the real-crop reference reads no model"
+
+
+def test_adding_a_sample_set_or_a_figure_reruns_nothing_that_exists(smoke_copy):
+    with open(smoke_copy / "src/fgsd/stages.py", "a") as f:
+        f.write('\nSAMPLE_SETS["mixture_again"] = SampleSet("set_mixture", 99, "mixture", ("per_class",))\n'
+                'FIGURES["fig99_dummy"] = Figure("figures", {"sweep": SWEEP}, caption="a new figure")\n')
+    # the new jobs, and the two tables that gather every job's output (samples.csv, provenance.csv)
+    assert planned_jobs(smoke_copy, SMOKE) == {"sample": 1, "evaluate": 1, "figure": 1, "sample_metrics": 1,
+                                               "provenance": 1, "all": 1}
+    # editing an existing set's row re-runs that set (its row is a param of its jobs), no other set
+    text = (smoke_copy / "src/fgsd/stages.py").read_text().replace('SampleSet("set_mixing", 3,', 'SampleSet("set_mixing", 33,')
+    (smoke_copy / "src/fgsd/stages.py").write_text(text)
+    jobs = planned_jobs(smoke_copy, SMOKE)
+    assert jobs["sample"] == 2 and jobs["evaluate"] == 2
 
 
 def test_config_overrides_on_the_command_line_are_refused(smoke_run):
@@ -201,8 +231,8 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     run(["git", "init", "-q"], repo)
     out = run(["dvc", "repro"], repo).stdout
     for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_single", "sweep",
-                  "density", "summary", "figure_fig5_density_distance", "sample_nfe", "classifier", "evaluate",
-                  "figure_fig6_samples"):
+                  "density", "summary", "figure_fig5_density_distance", "sample_nfe", "classifier", "evaluate_real",
+                  "evaluate_nfe", "sample_metrics", "figure_fig6_samples"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "results/models/conditional/model.pt").is_file()
     again = run(["dvc", "repro"], repo).stdout

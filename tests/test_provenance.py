@@ -1,14 +1,14 @@
 """Provenance records: the git state they report, and what a stage run in-process records."""
 import subprocess
 
-from fgsd import config, files, provenance
-
 from conftest import ROOT
+
+from fgsd import config, files, provenance
 
 
 def test_git_state_flags_code_changes_not_results(tmp_path):
     assert provenance.git_state(tmp_path) == {"commit": None, "dirty": None}, "outside git: unknown, not clean"
-    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
     git("init", "-q")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "m.py").write_text("x = 1\n")
@@ -40,7 +40,7 @@ def test_record_lists_what_the_stage_read_and_wrote(tmp_path, monkeypatch):
     assert rec["params"] == {"seed": 0, "data.crop_size": 32}
     assert rec["params_sha256"] == config.digest({"seed": 0, "data.crop_size": 32})
     assert files.load_json("prov.json") == rec
-    frame = provenance.table(["prov.json"], "table.csv")
+    frame = provenance.table("prov.json", "table.csv", "table.html")
     assert sorted(frame.file) == ["in.json", "out.json"] and (tmp_path / "table.html").is_file()
 
 

@@ -78,10 +78,18 @@ def predicted_moments(trace, sigma0, beta, offset):
     return f * m, f ** 2 * v
 
 
+# the sampler takes no defaults (they live in params.yaml); these are the tests' settings
+C2F = dict(sigma0=1.0, sigma_final=0.01, h0=0.01, beta=0.5, fixed_h=False, max_steps=5000)
+
+
+def c2f(denoise, shape, seeds, **kw):
+    return samplers.coarse_to_fine(denoise, shape, seeds, **{**C2F, **kw})
+
+
 def run_c2f(low_rank, n, denoise=None, **kw):
     mean, basis, exact = low_rank
-    x, trace = samplers.coarse_to_fine(denoise or exact, (HD,), list(range(n)), sigma0=1.0, sigma_final=0.01,
-                                       dtype=torch.float64, **kw)
+    out = c2f(denoise or exact, (HD,), list(range(n)), dtype=torch.float64, **kw)
+    x, trace = out.x, out.trace
     c = (x - mean) @ basis
     pm, pv = predicted_moments(trace, 1.0, kw["beta"], (0.5 - mean) @ basis)
     return x, c, pm, pv, trace
@@ -127,7 +135,7 @@ def test_ddim_matches_the_gaussian(target, eta):
     mean, cov = target
     sig = samplers.sigma_schedule(10.0, 0.002, 200, "uniform")
     x0 = samplers.ddim_init((D,), list(range(N)), 10.0, mean=0.5, dtype=torch.float64)
-    x = samplers.ddim(exact_denoiser(mean, cov), x0, sig, eta=eta, seeds=list(range(N, 2 * N)))
+    x = samplers.ddim(exact_denoiser(mean, cov), x0, sig, eta=eta, seeds=list(range(N, 2 * N))).x
     assert_matches(x, mean, cov, mean_tol=0.02, cov_tol=0.1)
 
 
@@ -135,7 +143,7 @@ def test_a_wrong_denoiser_fails_the_check(target):
     mean, cov = target
     sig = samplers.sigma_schedule(10.0, 0.002, 50, "uniform")
     x0 = samplers.ddim_init((D,), list(range(N)), 10.0, dtype=torch.float64)
-    x = samplers.ddim(exact_denoiser(mean, 2 * cov), x0, sig, eta=0.0, seeds=list(range(N)))
+    x = samplers.ddim(exact_denoiser(mean, 2 * cov), x0, sig, eta=0.0, seeds=list(range(N))).x
     with pytest.raises(AssertionError):
         assert_matches(x, mean, cov, mean_tol=0.02, cov_tol=0.1)
 
@@ -155,7 +163,7 @@ def test_ddim_inversion_round_trip(target):
     x = mean + torch.randn(50, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) @ \
         torch.linalg.cholesky(cov).T
     latent = samplers.ddim_invert(den, x, sig)
-    back = samplers.ddim(den, latent, sig, eta=0.0, seeds=list(range(50)))
+    back = samplers.ddim(den, latent, sig, eta=0.0, seeds=list(range(50))).x
     err = (back - x).norm(dim=1) / x.sub(mean).norm(dim=1)
     assert err.max() < 0.05, float(err.max())
     assert (latent - x).norm(dim=1).mean() > 1.0, "the latent is noise-like, not the image"
@@ -164,16 +172,16 @@ def test_ddim_inversion_round_trip(target):
 def test_coarse_to_fine_does_not_depend_on_the_batch(low_rank):
     den = low_rank[2]
     seeds = [21, 22, 23, 24]
-    full, _ = samplers.coarse_to_fine(den, (HD,), seeds, h0=0.05, dtype=torch.float64)
-    part, _ = samplers.coarse_to_fine(den, (HD,), seeds[2:], h0=0.05, dtype=torch.float64)
+    full = c2f(den, (HD,), seeds, h0=0.05, dtype=torch.float64).x
+    part = c2f(den, (HD,), seeds[2:], h0=0.05, dtype=torch.float64).x
     torch.testing.assert_close(full[2:], part)
 
 
 def test_coarse_to_fine_errors_name_the_fix():
     with pytest.raises(FgsdError, match="diverged.*lower h0"):
-        samplers.coarse_to_fine(lambda y, s, r: 3 * y, (D,), [0], h0=0.5)
+        c2f(lambda y, s, r: 3 * y, (D,), [0], h0=0.5)
     with pytest.raises(FgsdError, match="did not reach sigma_final.*max_steps=20"):
-        samplers.coarse_to_fine(lambda y, s, r: y - 0.5, (D,), [0], max_steps=20)
+        c2f(lambda y, s, r: y - 0.5, (D,), [0], max_steps=20)
 
 
 def test_samples_do_not_depend_on_the_batch(target):
@@ -182,8 +190,8 @@ def test_samples_do_not_depend_on_the_batch(target):
     seeds = [11, 12, 13, 14, 15]
     sig = samplers.sigma_schedule(5.0, 0.01, 20)
     x0 = samplers.ddim_init((D,), seeds, 5.0, dtype=torch.float64)
-    full = samplers.ddim(den, x0, sig, eta=1.0, seeds=seeds)
-    part = samplers.ddim(den, x0[1:3], sig, eta=1.0, seeds=seeds[1:3])
+    full = samplers.ddim(den, x0, sig, eta=1.0, seeds=seeds).x
+    part = samplers.ddim(den, x0[1:3], sig, eta=1.0, seeds=seeds[1:3]).x
     torch.testing.assert_close(full[1:3], part)
 
 

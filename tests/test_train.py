@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import train_cli, train_into
 
-from fgsd import centroids, data, files, train
+from fgsd import centroids, checkpoints, data, files, network, train
 from fgsd.errors import FgsdError
+from fgsd.runtime import generator
 
 
 @pytest.fixture
@@ -31,12 +33,12 @@ def _same_weights(a, b):
 @pytest.mark.parametrize("kind", ["conditional", "mixture"])
 def test_resumed_training_ends_with_the_same_weights(prepared, kind):
     cfg, tmp = prepared
-    train.train(cfg, kind, tmp / "data", tmp / "full", tmp / "state_a")
+    train_into(cfg, kind, tmp / "data", tmp / "full", tmp / "state_a")
     with pytest.raises(train.Interrupted):
-        train.train(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
+        train_into(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
     assert (tmp / "state_b" / f"{kind}.pt").is_file()
     assert not (tmp / "resumed" / "model.pt").exists()
-    train.train(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b")
+    train_into(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b")
     assert _same_weights(tmp / "full" / "model.pt", tmp / "resumed" / "model.pt")
     assert (tmp / "full" / "train_log.csv").read_bytes() == (tmp / "resumed" / "train_log.csv").read_bytes()
     assert not (tmp / "state_b" / f"{kind}.pt").exists(), "state is removed once the model is final"
@@ -45,16 +47,16 @@ def test_resumed_training_ends_with_the_same_weights(prepared, kind):
 def test_state_from_other_params_is_not_resumed(prepared):
     cfg, tmp = prepared
     with pytest.raises(train.Interrupted):
-        train.train(cfg, "mixture", tmp / "data", tmp / "a", tmp / "state", interrupt_after=4)
+        train_into(cfg, "mixture", tmp / "data", tmp / "a", tmp / "state", interrupt_after=4)
     cfg["train"]["lr"] = 0.002
-    train.train(cfg, "mixture", tmp / "data", tmp / "a", tmp / "state")
-    train.train(cfg, "mixture", tmp / "data", tmp / "b", tmp / "fresh")
+    train_into(cfg, "mixture", tmp / "data", tmp / "a", tmp / "state")
+    train_into(cfg, "mixture", tmp / "data", tmp / "b", tmp / "fresh")
     assert _same_weights(tmp / "a" / "model.pt", tmp / "b" / "model.pt")
 
 
 def test_outputs_and_log(prepared):
     cfg, tmp = prepared
-    final = train.train(cfg, "conditional", tmp / "data", tmp / "m", tmp / "s")
+    final = train_into(cfg, "conditional", tmp / "data", tmp / "m", tmp / "s")
     log = pd.read_csv(tmp / "m" / "train_log.csv")
     assert list(log["step"]) == [6, 12]
     assert {"step", "epoch", "lr", "train_loss", "psnr_mean", "psnr@1"} <= set(log.columns)
@@ -62,7 +64,7 @@ def test_outputs_and_log(prepared):
     assert final["psnr_mean"] == pytest.approx(log["psnr_mean"].iloc[-1], abs=1e-3)  # CSV keeps 6 digits
     c = files.load_json(tmp / "m" / "config.json")
     assert c["kind"] == "conditional" and c["params"]["train.conditional"]["steps"] == 12
-    model, meta = train.load_model(tmp / "m" / "model.pt")
+    model, meta = checkpoints.load(tmp / "m" / "model.pt", network.UNet, ("conditional",))
     manifest = files.load_json(tmp / "data" / "manifest.json")
     assert model.match == ("mid",) and meta["classes"] == manifest["classes"] + manifest["unseen_classes"]
 
@@ -70,38 +72,39 @@ def test_outputs_and_log(prepared):
 def test_conditioners_are_other_crops_of_the_same_class():
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     for epoch in range(5):
-        order, partner = train.epoch_plan(train.generator(0, 1, epoch), labels)
+        order, partner = data.epoch_plan(generator(0, 1, epoch), labels)
         assert sorted(order.tolist()) == list(range(9))
         assert (labels[partner] == labels).all()
         assert (partner != torch.arange(9)).all()
-    _, p0 = train.epoch_plan(train.generator(0, 1, 0), labels)
-    _, p1 = train.epoch_plan(train.generator(0, 1, 1), labels)
+    _, p0 = data.epoch_plan(generator(0, 1, 0), labels)
+    _, p1 = data.epoch_plan(generator(0, 1, 1), labels)
     assert not torch.equal(p0, p1), "pairs are re-drawn every epoch"
 
 
 def test_single_class_model_trains_on_y0_only(prepared):
     cfg, tmp = prepared
-    train.train(cfg, "single", tmp / "data", tmp / "m", tmp / "s")
+    train_into(cfg, "single", tmp / "data", tmp / "m", tmp / "s")
     assert files.load_json(tmp / "m" / "config.json")["train_classes"] == ["tex0"]
     cfg["train"]["single"]["class"] = files.load_json(tmp / "data" / "manifest.json")["unseen_classes"][0]
     with pytest.raises(FgsdError, match="unseen"):
-        train.train(cfg, "single", tmp / "data", tmp / "m2", tmp / "s")
+        train_into(cfg, "single", tmp / "data", tmp / "m2", tmp / "s")
     cfg["train"]["single"]["class"] = "nope"
     with pytest.raises(FgsdError, match="train.single.class"):
-        train.train(cfg, "single", tmp / "data", tmp / "m2", tmp / "s")
+        train_into(cfg, "single", tmp / "data", tmp / "m2", tmp / "s")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_without_a_gpu_is_a_clear_error(prepared):
     cfg, tmp = prepared
     with pytest.raises(FgsdError, match="no CUDA device"):
-        train.train(cfg, "mixture", tmp / "data", tmp / "m", tmp / "s", device="cuda")
+        train_into(cfg, "mixture", tmp / "data", tmp / "m", tmp / "s", device="cuda")
 
 
 def test_centroids_stage(prepared):
     cfg, tmp = prepared
-    train.train(cfg, "conditional", tmp / "data", tmp / "m", tmp / "s")
-    centroids.compute(cfg, tmp / "m" / "model.pt", tmp / "data", tmp / "f", device="cpu")
+    train_into(cfg, "conditional", tmp / "data", tmp / "m", tmp / "s")
+    centroids.compute(cfg, tmp / "m" / "model.pt", tmp / "data", tmp / "f" / "phi.npz", tmp / "f" / "centroids.csv",
+                      device="cpu")
     phi = files.load_npz(tmp / "f" / "phi.npz")
     assert phi["phi_train"].shape == (72, 8 + 16 + 16 + 32 + 16 + 16)
     assert phi["centroids_train"].shape == (3, phi["phi_train"].shape[1])
@@ -124,10 +127,11 @@ def test_killed_process_resumes_to_the_same_weights(prepared, tmp_path):
     import yaml
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "fgsd", "train", "--params", str(params), "--kind", "mixture",
-           "--data", str(tmp / "data"), "--state", str(tmp / "state")]
+    def cmd(out, state):
+        return [sys.executable, "-m", "fgsd", *train_cli("mixture", tmp / "data", tmp / out, tmp / state),
+                "--params", str(params)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd + ["--out", str(tmp / "killed")], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd("killed", "state"), env=env, stderr=subprocess.DEVNULL)
     state = tmp / "state" / "mixture.pt"
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and proc.poll() is None:
@@ -135,7 +139,6 @@ def test_killed_process_resumes_to_the_same_weights(prepared, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert state.exists() and not (tmp / "killed" / "model.pt").exists()
-    subprocess.run(cmd + ["--out", str(tmp / "killed")], env=env, check=True, stderr=subprocess.DEVNULL)
-    subprocess.run(cmd[:-1] + [str(tmp / "state2"), "--out", str(tmp / "clean")], env=env, check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(cmd("killed", "state"), env=env, check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd("clean", "state2"), env=env, check=True, stderr=subprocess.DEVNULL)
     assert _same_weights(tmp / "killed" / "model.pt", tmp / "clean" / "model.pt")

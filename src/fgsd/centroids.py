@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import files, network
+from . import checkpoints, files, network, stages
 from .data import load_split
-from .train import load_model, resolve_device, to_float
+from .runtime import resolve_device, to_float
 
 log = logging.getLogger("fgsd")
-SPLITS = ("train", "test", "unseen")
 
 
 @torch.no_grad()
@@ -36,21 +35,22 @@ def class_stats(phi: np.ndarray, labels: np.ndarray, slices: dict[str, slice]):
     return classes, cent, var
 
 
-def compute(cfg: dict, model_path: str | Path, data_dir: str | Path, out_dir: str | Path, device="auto") -> None:
+def compute(cfg: dict, model: str | Path, data: str | Path, phi: str | Path, table: str | Path, device="auto") -> None:
+    """phi.npz (features, centroids, variances) and centroids.csv (one row per split, class, layer)."""
     dev = resolve_device(device)
-    model, meta = load_model(model_path, dev)
-    slices = network.layer_slices(model.widths)
-    w = model.weights().numpy()
+    net, meta = checkpoints.load(model, network.UNet, stages.MODEL_KINDS, dev)
+    slices = network.layer_slices(net.widths)
+    w = net.weights().numpy()
     arrays = {"w": w, "layers": np.array(list(slices)), "layer_sizes": np.array([s.stop - s.start for s in slices.values()])}
     rows = []
-    for split in SPLITS:
-        d = load_split(data_dir, split)
-        phi = features(model, d["images"], dev, cfg["features"]["batch_size"]) * w
-        arrays[f"phi_{split}"], arrays[f"labels_{split}"] = phi.astype(np.float32), d["labels"]
+    for split in stages.SPLITS:
+        d = load_split(data, split)
+        feats = features(net, d["images"], dev, cfg["features"]["batch_size"]) * w
+        arrays[f"phi_{split}"], arrays[f"labels_{split}"] = feats.astype(np.float32), d["labels"]
         arrays["classes"] = d["classes"]
-        if len(phi) == 0:
+        if len(feats) == 0:
             continue
-        classes, cent, var = class_stats(phi, d["labels"], slices)
+        classes, cent, var = class_stats(feats, d["labels"], slices)
         arrays[f"centroids_{split}"], arrays[f"centroid_labels_{split}"] = cent.astype(np.float32), classes
         arrays[f"within_var_{split}"] = var.astype(np.float32)
         for k, c in enumerate(classes):
@@ -58,7 +58,6 @@ def compute(cfg: dict, model_path: str | Path, data_dir: str | Path, out_dir: st
             for j, (layer, s) in enumerate(slices.items()):
                 rows.append(dict(model=meta["kind"], split=split, cls=str(d["classes"][c]), layer=layer, n=n,
                                  centroid_sqnorm=float((cent[k, s] ** 2).sum()), within_var=float(var[k, j])))
-        log.info("%s %s: %d crops, mean within-class variance %.4g", meta["kind"], split, len(phi), var.sum(1).mean())
-    out_dir = Path(out_dir)
-    files.save_npz(out_dir / "phi.npz", **arrays)
-    files.save_csv(out_dir / "centroids.csv", pd.DataFrame(rows))
+        log.info("%s %s: %d crops, mean within-class variance %.4g", meta["kind"], split, len(feats), var.sum(1).mean())
+    files.save_npz(phi, **arrays)
+    files.save_csv(table, pd.DataFrame(rows))

@@ -9,15 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import files
-from .data import load_split
-from .errors import FgsdError
-from .train import generator, resolve_device, to_float
+from . import checkpoints, files
+from .data import labelled_crops
+from .runtime import generator, resolve_device
 
 log = logging.getLogger("fgsd")
 
@@ -42,17 +40,6 @@ class Classifier(nn.Module):
         return feat, self.head(feat)
 
 
-def labelled_crops(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Crops of every class for `split` (train or test): seen classes from train/test.npz, held-out
-    classes from the matching region of unseen.npz."""
-    part = load_split(data_dir, split)
-    unseen = load_split(data_dir, "unseen")
-    keep = unseen["region"] == (0 if split == "train" else 1)
-    x = np.concatenate([part["images"], unseen["images"][keep]])
-    y = np.concatenate([part["labels"], unseen["labels"][keep]])
-    return to_float(x), torch.from_numpy(y), [str(c) for c in part["classes"]]
-
-
 @torch.no_grad()
 def predict(model: Classifier, x: torch.Tensor, device, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, predicted labels) of images in [0, 1]."""
@@ -69,11 +56,13 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train_classifier(cfg: dict, data_dir: str | Path, out_dir: str | Path, device="auto") -> dict:
+def train_classifier(cfg: dict, data: str | Path, model: str | Path, metrics: str | Path, device="auto") -> dict:
+    """Train on clean crops of every class; write the checkpoint and its test accuracy."""
     e, seed = cfg["evaluate"], cfg["seed"]
     device = resolve_device(device)
-    x, y, classes = labelled_crops(data_dir, "train")
-    xt, yt, _ = labelled_crops(data_dir, "test")
+    x, y, classes = labelled_crops(data, "train")
+    xt, yt, _ = labelled_crops(data, "test")
+    model_path, metrics_path = model, metrics
     torch.manual_seed(seed)
     model = Classifier(x.shape[1], len(classes), e["classifier_width"], e["feature_dim"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=e["classifier_lr"])
@@ -91,21 +80,14 @@ def train_classifier(cfg: dict, data_dir: str | Path, out_dir: str | Path, devic
     model.eval()
     _, pred = predict(model, xt, device)
     acc = {c: float((pred[yt == k] == k).float().mean()) for k, c in enumerate(classes) if (yt == k).any()}
-    metrics = dict(test_accuracy=float((pred == yt).float().mean()), n_test=len(yt), n_train=len(x),
-                   n_classes=len(classes), per_class_accuracy=acc)
-    log.info("classifier: test accuracy %.3f on %d crops of %d classes", metrics["test_accuracy"], len(yt), len(classes))
-    out_dir = Path(out_dir)
-    files.save_torch(out_dir / "model.pt", dict(config=model.config, classes=classes,
-                                                state_dict={k: v.cpu() for k, v in model.state_dict().items()}))
-    files.save_json(out_dir / "metrics.json", metrics)
-    return metrics
+    scores = dict(test_accuracy=float((pred == yt).float().mean()), n_test=len(yt), n_train=len(x),
+                  n_classes=len(classes), per_class_accuracy=acc)
+    log.info("classifier: test accuracy %.3f on %d crops of %d classes", scores["test_accuracy"], len(yt), len(classes))
+    checkpoints.save(model_path, "classifier", model, classes=classes)
+    files.save_json(metrics_path, scores)
+    return scores
 
 
 def load_classifier(path: str | Path, device="cpu") -> tuple[Classifier, list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FgsdError(f"missing classifier file: {path}")
-    ckpt = files.load_torch(path, device)
-    model = Classifier(**ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt["classes"]
+    model, meta = checkpoints.load(path, Classifier, ("classifier",), device)
+    return model, meta["classes"]

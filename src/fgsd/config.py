@@ -1,7 +1,9 @@
 """Load params.yaml plus overlays into one resolved config, and say which keys each stage reads.
 
 One config flow: every stage and the Snakefile call `load()` on the same list of files, so what
-Snakemake tracks and what the stage uses cannot drift apart.
+Snakemake tracks and what the stage uses cannot drift apart. A stage is handed only the keys
+`stages.py` declares for it (`restrict`), so it cannot read a key that Snakemake, DVC and the
+provenance record do not track.
 """
 from __future__ import annotations
 
@@ -15,51 +17,7 @@ import yaml
 
 from .errors import FgsdError
 
-MODEL_KINDS = ("mixture", "conditional", "single")
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
-
-# Dotted params keys each stage reads; Snakemake tracks their values and dvc.yaml lists them.
-_STAGE_KEYS = {
-    "data": ["seed", "data"],
-    "train": ["seed", "device", "model", "train.batch_size", "train.lr", "train.lr_decay_every",
-              "train.lr_decay_factor", "train.checkpoint_every", "train.eval_every",
-              "train.eval_sigmas", "train.eval_crops_per_class"],
-    "centroids": ["device", "features"],
-    "sweep": ["seed", "device", "analysis.sigmas", "analysis.batch_size", "train.single.class"],
-    "density": ["seed", "device", "analysis.kl_sigma_min", "analysis.kl_sigma_max", "analysis.kl_n_sigmas",
-                "analysis.kl_n_noise", "analysis.kl_max_pairs"],
-    "sample": ["seed", "device"] + [f"sampling.{k}" for k in ("sigma0", "sigma_final", "h0", "beta", "fixed_h",
-                                                             "max_steps")],
-    "classifier": ["seed", "device", "evaluate.classifier_steps", "evaluate.classifier_batch",
-                   "evaluate.classifier_lr", "evaluate.classifier_width", "evaluate.feature_dim"],
-    "evaluate": ["seed", "device", "evaluate.kid_subset_size", "evaluate.inception_weights"],
-    "separation": [],
-    "summary": [],
-    "figure": [],
-    "provenance": [],
-}
-_SAMPLE_KEYS = {  # beyond the sampler settings every set shares
-    "conditional": ["per_class", "exemplars"],
-    "mixture": ["per_class"],
-    "interpolation": ["pairs", "per_pair", "alphas", "exemplars", "inversion_steps", "ddim_spacing"],
-    "mixing": ["pairs", "per_pair", "mixing_sigmas", "exemplars"],
-    "fewshot": ["fewshot_n", "fewshot_per_n"],
-    "nfe": ["nfe_per_class", "nfe_betas", "ddim_steps", "ddim_eta", "ddim_spacing", "exemplars"],
-    "inversion": ["inversion_steps", "inversion_per_class", "ddim_spacing", "exemplars"],
-}
-_FIGURE_KEYS = {"fig2_denoising_grid": ["seed", "analysis.fig2_sigmas"], "fig3_psnr_gain": ["seed", "train.single.class"]}
-
-
-def stage_keys(stage: str, kind: str | None = None, name: str | None = None, sample_set: str | None = None) -> list[str]:
-    """The params keys that stage `stage` (of model `kind`, figure `name` or `sample_set`) depends on."""
-    keys = list(_STAGE_KEYS[stage])
-    if stage == "train":
-        keys.append(f"train.{kind}")
-    if stage == "sample":
-        keys += [f"sampling.{k}" for k in _SAMPLE_KEYS[sample_set]]
-    if stage == "figure":
-        keys += _FIGURE_KEYS.get(name, [])
-    return keys
 
 
 def _read_yaml(path: str | Path) -> dict:
@@ -190,6 +148,30 @@ def get(cfg: dict, dotted: str):
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+class Params(dict):
+    """A params subtree that names the key a stage tried to read without declaring it."""
+
+    def __init__(self, data: dict, prefix: str, who: str):
+        super().__init__({k: Params(v, f"{prefix}{k}.", who) if isinstance(v, dict) else v for k, v in data.items()})
+        self.prefix, self.who = prefix, who
+
+    def __missing__(self, key):
+        raise FgsdError(f"{self.who} read params key '{self.prefix}{key}', which fgsd/stages.py does not declare "
+                        "for it (add it to the stage's keys, so Snakemake, DVC and provenance track it)")
+
+
+def restrict(cfg: dict, keys: list[str], who: str) -> Params:
+    """The config with only `keys` (dotted) in it; reading any other key is an error naming it."""
+    out: dict = {}
+    for dotted in keys:
+        parts = dotted.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = copy.deepcopy(get(cfg, dotted))
+    return Params(out, "", who)
 
 
 def _canonical(value):

@@ -12,14 +12,15 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from . import files
+from . import files, stages
 from .errors import FgsdError
+from .runtime import to_float
 from .sources import LOADERS, RawClass
 
 log = logging.getLogger("fgsd")
-OUTPUTS = ("train.npz", "test.npz", "unseen.npz", "manifest.json")
 
 
 def _class_rng(seed: int, name: str) -> np.random.Generator:
@@ -85,7 +86,7 @@ def image_crops(c: RawClass, d: dict, rng) -> tuple[np.ndarray, np.ndarray]:
                             f"need more than data.test_per_class={n_test}")
         perm = rng.permutation(len(c.images))
         test_idx, train_idx = perm[:n_test], perm[n_test:n_test + n_train]
-    fit = lambda pool, idx: np.stack([_fit(pool[i], d["crop_size"]) for i in idx])  # noqa: E731
+    fit = lambda pool, idx: np.stack([_fit(pool[i], d["crop_size"]) for i in idx])
     return fit(train_pool, train_idx), fit(test_pool, test_idx)
 
 
@@ -142,8 +143,9 @@ def select_textures(classes: list[RawClass], d: dict, seed: int) -> tuple[list[R
     return kept, dropped
 
 
-def prepare(cfg: dict, out_dir: str | Path) -> dict:
-    """Build every output in memory first, so a bad input leaves nothing partial behind."""
+def prepare(cfg: dict, out: str | Path) -> dict:
+    """Write the stage.DATA_FILES into `out`. Every output is built in memory first, so a bad
+    input leaves nothing partial behind."""
     d, seed = cfg["data"], cfg["seed"]
     if d["dataset"] not in LOADERS:
         raise FgsdError(f"parameter 'data.dataset' is '{d['dataset']}': choose one of {sorted(LOADERS)}")
@@ -155,7 +157,7 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     unseen = [c for i, c in enumerate(raw) if i in held_out]
     names = np.array([c.name for c in seen + unseen])
 
-    splits = {"train": ([], []), "test": ([], []), "unseen": ([], [])}
+    splits = {split: ([], []) for split in stages.SPLITS}
     regions = []
     for label, c in enumerate(seen + unseen):
         rng = _class_rng(seed, c.name)
@@ -171,7 +173,7 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
         log.info("class %-24s train %4d  test %4d%s", c.name, len(train), len(test),
                  "" if label < len(seen) else "  (unseen)")
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out)
     arrays = {}
     for split, (xs, ys) in splits.items():
         shape = (0, 1 if not d["color"] else 3, d["crop_size"], d["crop_size"])
@@ -187,9 +189,32 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
                     classes=[c.name for c in seen], unseen_classes=[c.name for c in unseen], dropped=dropped,
                     image_shape=list(arrays["train"]["images"].shape[1:]), counts=counts,
                     sha256={f"{s}.npz": files.sha256(out_dir / f"{s}.npz") for s in arrays})
-    files.save_json(out_dir / "manifest.json", manifest)
+    files.save_json(out_dir / stages.MANIFEST, manifest)
     return manifest
 
 
 def load_split(data_dir: str | Path, split: str) -> dict[str, np.ndarray]:
     return files.load_npz(Path(data_dir) / f"{split}.npz")
+
+
+def labelled_crops(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Crops of every class for `split` (train or test): seen classes from train/test.npz, held-out
+    classes from the matching region of unseen.npz (top = train, bottom = test)."""
+    part = load_split(data_dir, split)
+    unseen = load_split(data_dir, "unseen")
+    keep = unseen["region"] == (0 if split == "train" else 1)
+    x = np.concatenate([part["images"], unseen["images"][keep]])
+    y = np.concatenate([part["labels"], unseen["labels"][keep]])
+    return to_float(x), torch.from_numpy(y), [str(c) for c in part["classes"]]
+
+
+def epoch_plan(g: torch.Generator, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch order of an epoch, and each crop's conditioner: the next crop of its class in a
+    random cycle, so a crop is never its own conditioner (unless its class has one crop)."""
+    order = torch.randperm(len(labels), generator=g)
+    partner = torch.arange(len(labels))
+    for c in torch.unique(labels):
+        members = torch.nonzero(labels == c).flatten()
+        cycle = members[torch.randperm(len(members), generator=g)]
+        partner[cycle] = torch.roll(cycle, -1)
+    return order, partner

@@ -3,8 +3,8 @@
 Snakemake is the source of truth (DESIGN.md §3). Each Snakemake job becomes one DVC stage with
 the same shell command, its inputs as deps, its tracked params keys as params, its outputs as
 outs (metrics JSON as metrics, train logs and the PSNR gain as plots). All are cached: results/
-is not in git, so the DVC cache and remote are where every output is versioned. `--check` fails
-when the committed dvc.yaml is out of date; the test suite runs it.
+is not in git, so the DVC cache and remote are where every output is versioned. `python -m fgsd.dvcgen`
+writes dvc.yaml; `--check` fails when the committed one is out of date (the test suite runs it).
 """
 from __future__ import annotations
 
@@ -17,15 +17,21 @@ import yaml
 
 from .errors import FgsdError
 
-HEADER = ("# Generated from the Snakemake DAG by `python -m fgsd dvc-yaml`; do not edit by hand.\n"
+HEADER = ("# Generated from the Snakemake DAG by `python -m fgsd.dvcgen`; do not edit by hand.\n"
           "# `dvc repro` runs the same commands as `snakemake --cores all` on params.yaml.\n")
 
 
 def snakemake_jobs(snakefile: str = "Snakefile", target: str = "all") -> list:
     """The jobs of the DAG that produces `target`, in topological order (private API: pinned)."""
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, ResourceSettings,
-                                          StorageSettings, WorkflowSettings)
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+        WorkflowSettings,
+    )
     with contextlib.redirect_stderr(io.StringIO()), SnakemakeApi(OutputSettings(quiet={"all"})) as api:
         wf = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=ConfigSettings(),
                           storage_settings=StorageSettings(), workflow_settings=WorkflowSettings(),
@@ -72,8 +78,20 @@ def main(out: str = "dvc.yaml", check: bool = False) -> None:
     path = Path(out)
     if check:
         if not path.is_file() or path.read_text() != text:
-            raise FgsdError(f"{out} is out of date with the Snakemake DAG: run `python -m fgsd dvc-yaml`")
+            raise FgsdError(f"{out} is out of date with the Snakemake DAG: run `python -m fgsd.dvcgen` (make dvc-yaml)")
         print(f"{out} matches the Snakemake DAG", file=sys.stderr)
         return
     path.write_text(text)
     print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m fgsd.dvcgen", description="write dvc.yaml from the Snakemake DAG")
+    ap.add_argument("--out", default="dvc.yaml")
+    ap.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
+    a = ap.parse_args()
+    try:
+        main(a.out, check=a.check)
+    except FgsdError as e:
+        sys.exit(f"fgsd.dvcgen: error: {e}")

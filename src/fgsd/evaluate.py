@@ -1,6 +1,8 @@
-"""Sample quality (issue 4 §5): class accuracy under the in-domain classifier, torch-fidelity
-KID/FID/precision/recall against held-out real crops, and a memorisation check. Every number
-goes to one tidy CSV row with its sample counts; headlines go to samples.json (-> summary.json).
+"""Sample quality: class accuracy under the in-domain classifier, torch-fidelity KID/FID/
+precision/recall against held-out real crops, and a memorisation check. One job per sample set
+(`stages.SAMPLE_SETS[...].evaluation` says how it is scored, so a new set needs no code here)
+plus the reference group of real crops; every number is one tidy CSV row with its sample counts.
+`join` gathers the groups into samples.csv and the headlines into samples.json.
 
 The feature extractor is the pipeline's classifier, registered with torch-fidelity as
 `fgsd-classifier`. Inception-v3 is used as well only when `evaluate.inception_weights` names a
@@ -18,13 +20,14 @@ import torch_fidelity
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from . import files
-from .classifier import labelled_crops, load_classifier, predict
+from . import files, samples, stages
+from .classifier import load_classifier, predict
+from .data import labelled_crops, load_split
 from .errors import FgsdError
-from .train import resolve_device, to_float, to_uint8
+from .runtime import resolve_device, to_float, to_uint8
 
 log = logging.getLogger("fgsd")
-EXTRACTOR = "fgsd-classifier"
+EXTRACTOR = samples.EXTRACTOR
 
 
 class InDomainExtractor(FeatureExtractorBase):
@@ -107,6 +110,7 @@ class Evaluator:
         self.clf, _ = load_classifier(classifier_path, self.device)
         self.train_x, self.train_y, _ = labelled_crops(data_dir, "train")
         self.test_x, self.test_y, _ = labelled_crops(data_dir, "test")
+        self.n_seen = len(np.unique(load_split(data_dir, "train")["labels"]))
         self.extractors = [(EXTRACTOR, Path(classifier_path))]
         inception = self.e["inception_weights"]
         if inception:
@@ -148,65 +152,71 @@ class Evaluator:
         add("frac_closer_than_test_p05", (nn < self.test_nn.quantile(0.05)).float().mean(), n, len(self.test_nn))
 
 
-def evaluate(cfg: dict, samples_dir, data_dir, classifier_path, out_csv, out_json, device="auto") -> None:
-    ev = Evaluator(cfg, data_dir, classifier_path, device)
-    s = {k: files.load_npz(Path(samples_dir) / f"{k}.npz")
-         for k in ("conditional", "mixture", "fewshot", "nfe", "interpolation", "mixing", "inversion")}
-    n_seen = len(np.unique(s["conditional"]["label"]))
-    seen = range(n_seen)
-    pool = ev.train_x[ev.train_y < n_seen]
-    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg["seed"]))[:int((ev.test_y < n_seen).sum())]
+def reference(ev: Evaluator) -> None:
+    """Real training crops of the seen classes against the same held-out crops: the floor the
+    samples' fidelity numbers are read against."""
+    pool = ev.train_x[ev.train_y < ev.n_seen]
+    n = int((ev.test_y < ev.n_seen).sum())
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(ev.seed))[:n]
     real_train = to_uint8(pool[pick])
-    ev.group("real", "train crops", 0, real_train, np.full(len(real_train), -1), seen,
-             memorisation=False)  # the floor the samples' fidelity numbers can be read against
-    for name in ("conditional", "mixture"):
-        t = s[name]
-        ev.group(name, "c2f", 0, t["images"], t["label"], seen, t["nfe"])
-    f = s["fewshot"]
-    for n in np.unique(f["param"]):
-        k = f["param"] == n
-        ev.group("fewshot", "c2f", n, f["images"][k], f["label"][k], np.unique(f["label"]), f["nfe"][k])
-    t = s["nfe"]
+    ev.group(stages.REFERENCE, "train crops", 0, real_train, np.full(len(real_train), -1), range(ev.n_seen),
+             memorisation=False)
+
+
+def score_fidelity(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) -> None:
+    """One fidelity group per value of the `spec.by` columns (variant: in order of appearance;
+    param: sorted), against real crops of the seen classes or of the set's own labels."""
+    real = range(ev.n_seen) if spec.real == "seen" else np.unique(t["label"])
+    if spec.by == ("param",):
+        keys = [(v,) for v in np.unique(t["param"])]
+    else:
+        keys = list(dict.fromkeys(zip(*(t[c].tolist() for c in spec.by)))) if spec.by else [()]
+    for key in keys:
+        k = np.ones(len(t["label"]), bool)
+        for column, value in zip(spec.by, key):
+            k &= t[column] == value
+        variant = str(t["variant"][k][0])
+        param = t["param"][k][0] if spec.by else 0
+        ev.group(name, variant, param, t["images"][k], t["label"][k], real, t["nfe"][k])
+
+
+def score_pairs(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) -> None:
+    """How often a sample of a class pair (a, b) is judged class b, and class a, per setting."""
+    _, pred = predict(ev.clf, to_float(t["images"]), ev.device)
     for v in dict.fromkeys(t["variant"]):
-        k = t["variant"] == v
-        ev.group("nfe", str(v), t["param"][k][0], t["images"][k], t["label"][k], seen, t["nfe"][k])
-    for name in ("interpolation", "mixing"):  # how often the sample is judged to be class b
-        t = s[name]
-        _, pred = predict(ev.clf, to_float(t["images"]), ev.device)
-        for v in dict.fromkeys(t["variant"]):
-            for p in np.unique(t["param"][t["variant"] == v]):
-                k = (t["variant"] == v) & (t["param"] == p)
-                ev.add(name, str(v), p, "frac_class_b", (pred.numpy()[k] == t["class_b"][k]).mean(), k.sum(), 0)
-                ev.add(name, str(v), p, "frac_class_a", (pred.numpy()[k] == t["label"][k]).mean(), k.sum(), 0)
-    inv = s["inversion"]
-    ev.add("inversion", "ddim-inversion", 0, "roundtrip_rmse_median", np.median(inv["roundtrip_rmse"]), len(inv["label"]), 0)
-    table = pd.DataFrame(ev.rows)
-    files.save_csv(out_csv, table)
-    files.save_json(out_json, headline(table))
-    log.info("wrote %d metric rows to %s", len(table), out_csv)
+        for p in np.unique(t["param"][t["variant"] == v]):
+            k = (t["variant"] == v) & (t["param"] == p)
+            ev.add(name, str(v), p, "frac_class_b", (pred.numpy()[k] == t["class_b"][k]).mean(), k.sum(), 0)
+            ev.add(name, str(v), p, "frac_class_a", (pred.numpy()[k] == t["label"][k]).mean(), k.sum(), 0)
 
 
-def headline(t: pd.DataFrame) -> dict:
-    """The numbers summary.json carries, each beside its sample counts."""
-    def pick(set_name, variant, metric, param=None, extractor=None):
-        k = (t.set == set_name) & (t.variant == variant) & (t.metric == metric)
-        if param is not None:
-            k &= t.param == param
-        if extractor is not None:
-            k &= t.extractor == extractor
-        r = t[k].iloc[0]
-        return dict(value=float(r.value), n_samples=int(r.n_samples), n_real=int(r.n_real))
-    out = {}
-    for name in ("real", "conditional", "mixture"):
-        variant = "train crops" if name == "real" else "c2f"
-        out[name] = {m: pick(name, variant, m, extractor=EXTRACTOR) for m in ("kid", "fid", "precision", "recall")}
-        out[name]["classes_covered"] = pick(name, variant, "classes_covered")
-        if name != "real":
-            out[name].update({m: pick(name, variant, m) for m in ("nn_rmse_median", "frac_closer_than_test_p05")})
-    out["conditional"]["accuracy"] = pick("conditional", "c2f", "accuracy")
-    out["nn_rmse_median_test_crops"] = pick("conditional", "c2f", "nn_rmse_median_test_crops")
-    few = t[(t.set == "fewshot") & (t.metric == "accuracy")]
-    out["fewshot_accuracy_by_n_exemplars"] = {str(int(r.param)): dict(value=float(r.value), n_samples=int(r.n_samples))
-                                              for r in few.itertuples()}
-    out["ddim_inversion_roundtrip_rmse"] = pick("inversion", "ddim-inversion", "roundtrip_rmse_median")
-    return out
+def score_roundtrip(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) -> None:
+    ev.add(name, str(t["variant"][0]), 0, "roundtrip_rmse_median", np.median(t["roundtrip_rmse"]), len(t["label"]), 0)
+
+
+SCORERS = {"fidelity": score_fidelity, "pairs": score_pairs, "roundtrip": score_roundtrip}
+
+
+def evaluate(cfg: dict, name: str, data: str | Path, classifier: str | Path, table: str | Path,
+             samples_npz: str | Path | None = None, device="auto") -> None:
+    """Score evaluation group `name` (a sample set, or the real-crop reference) into `table`,
+    written at full precision (`join` rounds once, for samples.csv)."""
+    ev = Evaluator(cfg, data, classifier, device)
+    if name == stages.REFERENCE:
+        reference(ev)
+    else:
+        if samples_npz is None:
+            raise FgsdError(f"evaluating sample set '{name}' needs samples_npz=<its npz>")
+        spec = stages.SAMPLE_SETS[name].evaluation
+        SCORERS[spec.how](ev, name, samples.load(samples_npz), spec)
+    frame = pd.DataFrame(ev.rows)
+    files.save_csv(table, frame, float_format=None)
+    log.info("wrote %d metric rows to %s", len(frame), table)
+
+
+def join(set_metrics: str, table: str | Path, headline_json: str | Path) -> None:
+    """samples.csv (every group's rows, in the order given) and samples.json (the headlines)."""
+    frame = samples.read_metrics(set_metrics.split(","))
+    files.save_csv(table, frame)
+    files.save_json(headline_json, samples.headline(frame))
+    log.info("wrote %d metric rows to %s", len(frame), table)

@@ -10,15 +10,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
 
-from . import analysis, files  # noqa: E402
-from .data import load_split  # noqa: E402
-from .train import generator, load_model, to_float  # noqa: E402
+from . import checkpoints, files, summary
+from .data import load_split
+from .network import UNet
+from .runtime import generator, to_float
 
 COLORS = {"conditional": "#1f77b4", "mixture": "#ff7f0e", "single": "#2ca02c"}
 
@@ -28,12 +28,12 @@ def style() -> None:
     plt.rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "svg.hashsalt": "fgsd"})
 
 
-def save(fig, pdf_path: str | Path) -> None:
-    pdf_path = Path(pdf_path)
+def save(fig, pdf: str | Path, png: str | Path) -> None:
+    """PDF and PNG with no dates in them: the same figure gives the same bytes."""
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
-    with files.atomic_path(pdf_path) as tmp:
+    with files.atomic_path(pdf) as tmp:
         fig.savefig(tmp, format="pdf", metadata={"CreationDate": None, "ModDate": None})
-    with files.atomic_path(pdf_path.with_suffix(".png")) as tmp:
+    with files.atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)
 
@@ -48,17 +48,17 @@ def _show(ax, img: np.ndarray, edge: str | None = None) -> None:
 
 
 @torch.no_grad()
-def fig2(cfg, models_dir, data_dir, out) -> None:
+def fig2_denoising_grid(cfg, conditional, mixture, data, pdf, png) -> None:
     """Noisy crops of 4 classes (rows) denoised with exemplars of the same 4 classes (columns)."""
-    test = load_split(data_dir, "test")
+    test = load_split(data, "test")
     x, labels = to_float(test["images"]), torch.from_numpy(test["labels"])
     k = len(torch.unique(labels))
     chosen = [int(c) for c in np.linspace(0, k - 1, 4).round()]
-    first = lambda c, i: x[torch.nonzero(labels == c).flatten()[i]]  # noqa: E731
+    first = lambda c, i: x[torch.nonzero(labels == c).flatten()[i]]
     clean = torch.stack([first(c, 0) for c in chosen])
     exemplars = torch.stack([first(c, 1) for c in chosen])
-    cond, _ = load_model(Path(models_dir) / "conditional" / "model.pt")
-    mix, _ = load_model(Path(models_dir) / "mixture" / "model.pt")
+    cond, _ = checkpoints.load(conditional, UNet, ("conditional",))
+    mix, _ = checkpoints.load(mixture, UNet, ("mixture",))
     sigmas = cfg["analysis"]["fig2_sigmas"]
     n = 7 * len(sigmas) - 1  # 6 columns per panel, one blank column between panels
     fig, axes = plt.subplots(5, n, figsize=(n * 1.1, 5 * 1.1),
@@ -84,12 +84,12 @@ def fig2(cfg, models_dir, data_dir, out) -> None:
         ax[1, 0].set_ylabel("noisy"), ax[1, 5].set_title("mixture", fontsize=7)
     fig.suptitle("Feature-guided denoising: rows = noisy crops, columns = conditioning exemplar (green); "
                  "red = correct conditioning, orange = mixture model", fontsize=8)
-    save(fig, out)
+    save(fig, pdf, png)
 
 
-def fig3(cfg, sweep_csv, out) -> None:
+def fig3_psnr_gain(cfg, sweep, pdf, png) -> None:
     """Output - input PSNR vs input PSNR: conditional vs mixture (left), vs single-class (right)."""
-    d = files.load_csv(sweep_csv)
+    d = files.load_csv(sweep)
     d = d.assign(gain=d.output_psnr - d.input_psnr, noise_db=-20 * np.log10(d.sigma))
     y0 = cfg["train"]["single"]["class"]
     left = d[((d.model == "conditional") & (d.conditioning == "exemplar")) | (d.model == "mixture")].copy()
@@ -108,13 +108,14 @@ def fig3(cfg, sweep_csv, out) -> None:
     ax[0].set_ylabel("output PSNR - input PSNR (dB)")
     ax[0].set_title("conditional vs mixture (all classes)")
     ax[1].set_title(f"conditioned on {y0} vs a denoiser trained on {y0} only")
-    save(fig, out)
+    save(fig, pdf, png)
 
 
-def fig4(cfg, separation_csv, phi_files: dict, data_dir, out) -> None:
+def fig4_separation(separation, phi_mixture, phi_conditional, data, pdf, png) -> None:
     """Per model: centroid distances vs within-class spread, per-layer separation, mid-layer scatter."""
-    sep = files.load_csv(separation_csv)
-    test = load_split(data_dir, "test")
+    sep = files.load_csv(separation)
+    test = load_split(data, "test")
+    phi_files = {"mixture": phi_mixture, "conditional": phi_conditional}
     fig, ax = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
     for r, model in enumerate(("mixture", "conditional")):
         s = sep[(sep.model == model) & (sep.layer == "all")]
@@ -140,14 +141,14 @@ def fig4(cfg, separation_csv, phi_files: dict, data_dir, out) -> None:
         ax[r, 2].set_xlabel(f"|w φ_mid(x1)|, x1 ∈ {test['classes'][ca]}", fontsize=8)
         ax[r, 2].set_ylabel(f"|w φ_mid(x2)|, x2 ∈ {test['classes'][cb]}", fontsize=8)
     ax[0, 1].set_title("r_l = median over pairs of ‖Δφ_l‖² / √(v_y,l v_y',l)", fontsize=9)
-    save(fig, out)
+    save(fig, pdf, png)
 
 
-def fig5(cfg, density_csv, data_dir, out) -> None:
+def fig5_density_distance(density, data, pdf, png) -> None:
     """Symmetric KL through the conditional denoiser vs squared centroid distance."""
-    d = files.load_csv(density_csv).sort_values("sym_kl").reset_index(drop=True)
-    corr, corr_diff = analysis.correlations(d), analysis.correlations(d, "sym_kl_diff_form")
-    test = load_split(data_dir, "test")
+    d = files.load_csv(density).sort_values("sym_kl").reset_index(drop=True)
+    corr, corr_diff = summary.correlations(d), summary.correlations(d, "sym_kl_diff_form")
+    test = load_split(data, "test")
     names = [str(c) for c in test["classes"]]
     close, far = d.head(3), d.tail(3)
     fig = plt.figure(figsize=(12, 4.6))
@@ -171,9 +172,8 @@ def fig5(cfg, density_csv, data_dir, out) -> None:
                 img = test["images"][test["labels"] == names.index(name)][0] / 255
                 _show(a, img, color)
                 a.set_title(name.split("-")[-1], fontsize=6)
-    save(fig, out)
+    save(fig, pdf, png)
 
 
-FIGURES = {"fig2_denoising_grid": fig2, "fig3_psnr_gain": fig3, "fig4_separation": fig4, "fig5_density_distance": fig5}
 
-
+style()  # every figure of the pipeline is drawn in this style

@@ -86,20 +86,29 @@ def load_json(path: str | Path):
     return json.loads(_existing(path).read_text())
 
 
-def load_csv(path: str | Path):
+def load_csv(path: str | Path, **kwargs):
     import pandas as pd
-    return pd.read_csv(_existing(path))
+    return pd.read_csv(_existing(path), **kwargs)
 
 
 def load_torch(path: str | Path, device="cpu"):
-    """A checkpoint written by this pipeline (full pickles: only load files you made)."""
+    """A checkpoint written by this pipeline (full pickles: only load files you made). A file
+    torch cannot read (truncated, not a checkpoint) is one error naming it."""
+    import pickle
+
     import torch
-    return torch.load(_existing(path), map_location=device, weights_only=False)
+    path = _existing(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FgsdError(f"cannot read {path} as a torch checkpoint ({first}); re-run the job that writes it") from None
 
 
-def save_csv(path: str | Path, frame) -> None:
+def save_csv(path: str | Path, frame, float_format: str | None = "%.6g") -> None:
+    """Tables are written at 6 significant digits; None keeps every digit (exact round trip)."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+        frame.to_csv(tmp, index=False, float_format=float_format)
 
 
 def save_torch(path: str | Path, obj) -> None:

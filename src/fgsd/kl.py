@@ -15,12 +15,10 @@ The Gaussian helpers give the closed forms the estimator is tested against.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
-Denoiser = Callable[[torch.Tensor], torch.Tensor]
+from .denoisers import Denoiser
 
 
 def log_grid(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
@@ -43,8 +41,10 @@ def mse_gap(x: torch.Tensor, denoise_p: Denoiser, denoise_q: Denoiser, sigma: fl
         for i in range(0, len(x), batch):
             clean = x[i:i + batch]
             noisy = clean + sigma * z[i:i + batch].to(clean.device)
-            out_p, out_q = denoise_p(noisy), denoise_q(noisy)
-            err = lambda out: (out - clean).flatten(1).pow(2).sum(1)  # noqa: E731
+            level = torch.full((len(clean),), float(sigma), dtype=x.dtype, device=x.device)
+            rows = torch.arange(i, i + len(clean), device=x.device)
+            out_p, out_q = denoise_p(noisy, level, rows), denoise_q(noisy, level, rows)
+            err = lambda out: (out - clean).flatten(1).pow(2).sum(1)
             total += float((err(out_q) - err(out_p)).sum())
             sqdiff += float((out_q - out_p).flatten(1).pow(2).sum(1).sum())
             count += len(clean)
@@ -59,10 +59,18 @@ def kl_divergence(x_p: torch.Tensor, denoise_p: Denoiser, denoise_q: Denoiser, s
 
 
 # --- Gaussian closed forms (known answers) -----------------------------------------------------
-def gaussian_denoiser(mean: torch.Tensor, cov: torch.Tensor, sigma: float) -> Denoiser:
-    """MMSE denoiser of N(mean, cov) at noise σ: mean + cov (cov + σ²I)^-1 (y - mean)."""
-    gain = cov @ torch.linalg.inv(cov + sigma ** 2 * torch.eye(len(mean), dtype=cov.dtype))
-    return lambda y: mean + (y - mean) @ gain.T
+def gaussian_denoiser(mean: torch.Tensor, cov: torch.Tensor) -> Denoiser:
+    """MMSE denoiser of N(mean, cov) at each row's noise σ: mean + cov (cov + σ²I)^-1 (y - mean)."""
+    eye = torch.eye(len(mean), dtype=cov.dtype)
+
+    def denoise(y, sigma, rows=None):
+        out = torch.empty_like(y)
+        for s in torch.unique(sigma):
+            k = sigma == s
+            gain = cov @ torch.linalg.inv(cov + float(s) ** 2 * eye)
+            out[k] = mean + (y[k] - mean) @ gain.T
+        return out
+    return denoise
 
 
 def gaussian_kl(m0, c0, m1, c1) -> float:

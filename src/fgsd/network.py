@@ -10,7 +10,6 @@ where phi_y comes from a conditioner stream through the same, unmodified weights
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

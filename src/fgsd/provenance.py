@@ -61,11 +61,12 @@ def record(path: str | Path, job: str, cfg: dict, keys: list[str], params_files:
     return rec
 
 
-def table(record_paths: list[str], out_csv: str | Path) -> pd.DataFrame:
+def table(records: str, table_csv: str | Path, html: str | Path) -> pd.DataFrame:
     """One row per output file: its checksum, the job, params hash, commit, dirty flag, code hash,
-    and a digest of its inputs' checksums (the full list is in the job's record)."""
+    and a digest of its inputs' checksums (the full list is in the job's record). records: the
+    jobs' record files, comma-separated; html: the same table for the Snakemake report."""
     rows = []
-    for rec_path in sorted(record_paths):
+    for rec_path in sorted(records.split(",")):
         rec = files.load_json(rec_path)
         inputs = config.digest(rec["inputs"])
         for out, sha in rec["outputs"].items():
@@ -74,8 +75,8 @@ def table(record_paths: list[str], out_csv: str | Path) -> pd.DataFrame:
                              code_sha256=rec["code_sha256"][:16], n_inputs=len(rec["inputs"]),
                              inputs_sha256=inputs, record=str(rec_path)))
     frame = pd.DataFrame(rows)
-    files.save_csv(out_csv, frame)
-    with files.atomic_path(Path(out_csv).with_suffix(".html")) as tmp:  # what the Snakemake report shows
+    files.save_csv(table_csv, frame)
+    with files.atomic_path(html) as tmp:  # what the Snakemake report shows
         tmp.write_text("<!DOCTYPE html><meta charset='utf-8'><title>Provenance</title><style>"
                        "body{font:13px sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
                        + frame.drop(columns="record").to_html(index=False, border=0) + "\n")

@@ -4,15 +4,12 @@ panel (one imshow each), so a grid of hundreds of crops stays light and sharp.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
-from . import files
+from . import samples
 from .data import load_split
 from .figures import save
 
@@ -46,24 +43,19 @@ def show(ax, img: np.ndarray, title: str = "", row_labels: list[str] | None = No
 
 
 def _metric(table: pd.DataFrame, set_name: str, metric: str, param=None, variant=None) -> str:
-    k = (table.set == set_name) & (table.metric == metric)
-    if param is not None:
-        k &= table.param == param
-    if variant is not None:
-        k &= table.variant == variant
-    r = table[k]
-    return f"{r.value.iloc[0]:.2f} (n={r.n_samples.iloc[0]})" if len(r) else "n/a"
+    r = samples.metric(table, set_name, metric, variant=variant, param=param)
+    return f"{r.value:.2f} (n={r.n_samples})" if r is not None else "n/a"
 
 
 def _short(name: str) -> str:
     return name.split("-", 1)[-1]
 
 
-def fig_samples(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+def fig6_samples(cfg, conditional, mixture, metrics, data, pdf, png) -> None:
     """Per seen class: training exemplars, feature-guided samples; beside them, mixture samples."""
-    cond = files.load_npz(Path(samples_dir) / "conditional.npz")
-    mix = files.load_npz(Path(samples_dir) / "mixture.npz")
-    train, table = load_split(data_dir, "train"), files.load_csv(metrics_csv)
+    cond = samples.load(conditional)
+    mix = samples.load(mixture)
+    train, table = load_split(data, "train"), samples.read_metrics([metrics], rounded=True)
     classes = [str(c) for c in train["classes"]]
     labels = np.unique(cond["label"])
     k = min(8, int((cond["label"] == labels[0]).sum()))
@@ -82,15 +74,15 @@ def fig_samples(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
         f"centroid from {cfg['sampling']['exemplars']} training crops"
     fig.suptitle(f"Samples per class ({files_note}; β={cfg['sampling']['beta']}, h0={cfg['sampling']['h0']})",
                  fontsize=9)
-    save(fig, out)
+    save(fig, pdf, png)
 
 
-def fig_interpolation(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+def fig7_interpolation(interpolation, mixing, data, pdf, png) -> None:
     """Algorithm C (phi_alpha, same noise seed along a row; last row per pair: DDIM slerp between
     inverted real crops) and Algorithm C' (class a above the switch sigma, class b below)."""
-    interp = files.load_npz(Path(samples_dir) / "interpolation.npz")
-    mixing = files.load_npz(Path(samples_dir) / "mixing.npz")
-    classes = [str(c) for c in load_split(data_dir, "train")["classes"]]
+    interp = samples.load(interpolation)
+    mixing = samples.load(mixing)
+    classes = [str(c) for c in load_split(data, "train")["classes"]]
     tile = interp["images"].shape[-1]
     fig, ax = plt.subplots(1, 2, figsize=(12, 0.5 * len(interp["images"]) / len(np.unique(interp["param"])) + 1.5))
     for a, t, name, fmt in ((ax[0], interp, "Alg. C: φ_α = (1-α) φ_a + α φ_b", "α={:g}"),
@@ -105,13 +97,13 @@ def fig_interpolation(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
                           (" (DDIM slerp)" if key[2] == "ddim-slerp" else ""))
         show(a, mosaic(rows, len(params)), name, labels, tile, [fmt.format(p) for p in params])
     fig.suptitle("Out-of-distribution generation by feature interpolation, and coarse-to-fine class mixing", fontsize=9)
-    save(fig, out)
+    save(fig, pdf, png)
 
 
-def fig_fewshot(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+def fig8_fewshot(fewshot, metrics, data, pdf, png) -> None:
     """Held-out classes: real crops, then samples from centroids of N exemplars per row."""
-    few = files.load_npz(Path(samples_dir) / "fewshot.npz")
-    unseen, table = load_split(data_dir, "unseen"), files.load_csv(metrics_csv)
+    few = samples.load(fewshot)
+    unseen, table = load_split(data, "unseen"), samples.read_metrics([metrics], rounded=True)
     classes = [str(c) for c in unseen["classes"]]
     tile = few["images"].shape[-1]
     rows, labels = [], []
@@ -126,19 +118,20 @@ def fig_fewshot(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
     acc = ", ".join(f"N={int(n)}: {_metric(table, 'fewshot', 'accuracy', param=n)}" for n in np.unique(few["param"]))
     show(ax, mosaic(rows), f"Few-shot classes (never trained on): samples from a centroid of N exemplars\n"
                            f"classifier accuracy {acc}", labels, tile)
-    save(fig, out)
+    save(fig, pdf, png)
 
 
-def fig_quality_nfe(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
+def fig9_quality_nfe(cfg, metrics, reference, pdf, png) -> None:
     """KID and classifier accuracy of conditional samples vs network evaluations per sample."""
-    t = files.load_csv(metrics_csv)
+    t = samples.read_metrics([metrics], rounded=True)
     t = t[t.set == "nfe"]
     wide = t[t.extractor.fillna("").isin(["", "fgsd-classifier"])].pivot_table(
         index="variant", columns="metric", values="value").reset_index()
     wide["sampler"] = np.where(wide.variant.str.startswith("ddim"), f"DDIM (η={cfg['sampling']['ddim_eta']:g})",
                                "coarse-to-fine (Alg. B)")
     n = int(t.n_samples.iloc[0])
-    real = files.load_csv(metrics_csv).query("set == 'real' and metric == 'kid' and extractor == 'fgsd-classifier'")
+    real = samples.read_metrics([reference], rounded=True).query(
+        "set == 'real' and metric == 'kid' and extractor == 'fgsd-classifier'")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     for a, metric, label in ((ax[0], "kid", "KID (in-domain features)"), (ax[1], "accuracy", "classifier accuracy")):
         for sampler, d in wide.groupby("sampler"):
@@ -156,8 +149,5 @@ def fig_quality_nfe(cfg, samples_dir, metrics_csv, data_dir, out) -> None:
         ax[0].axhline(real.value.iloc[0], color="grey", ls="--", lw=1, label="real train vs test crops")
     ax[0].legend(fontsize=7)
     fig.suptitle(f"Sample quality vs cost: {n} conditional samples per setting against held-out crops", fontsize=9)
-    save(fig, out)
+    save(fig, pdf, png)
 
-
-FIGURES = {"fig6_samples": fig_samples, "fig7_interpolation": fig_interpolation, "fig8_fewshot": fig_fewshot,
-           "fig9_quality_nfe": fig_quality_nfe}

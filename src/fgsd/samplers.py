@@ -1,6 +1,8 @@
-"""Samplers for any denoiser callable `denoise(y, sigma) -> x_hat` (sigma: per-image tensor; a
-blind network ignores it). One function per algorithm; every random draw comes from a
-per-sample generator, so a sample does not depend on the batch it was drawn in.
+"""Samplers for any `denoisers.Denoiser`, `denoise(y, sigma, rows) -> x_hat` (sigma: per-image
+tensor, which a blind network ignores; rows: which of the caller's samples these are). One
+function per algorithm; both samplers return a `Sampled` (the samples and the network
+evaluations each took). Every random draw comes from a per-sample generator, so a sample does
+not depend on the batch it was drawn in.
 
 - `coarse_to_fine`: Algorithm A of METHOD.md §6 (Kadkhodaie & Simoncelli), stochastic ascent
   with sigma estimated from the residual, per-image stop mask and divergence guard. With a
@@ -14,14 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
+from .denoisers import Denoiser
 from .errors import FgsdError
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sample_generators(seeds: list[int]) -> list[torch.Generator]:
@@ -43,21 +43,30 @@ class Trace:
     level: list = field(default_factory=list) # mean noise level handed to the denoiser
 
 
+@dataclass
+class Sampled:
+    """What every sampler returns: the samples and the denoiser evaluations each one cost."""
+    x: torch.Tensor
+    nfe: np.ndarray                           # per sample
+    trace: Trace | None = None                # coarse-to-fine only
+
+
 def step_size(t: int, h0: float, fixed_h: bool) -> float:
     """[K]'s increasing schedule h_t = h0 t / (1 + h0 (t - 1)) (tends to 1), or h0 throughout."""
     return h0 if fixed_h else h0 * t / (1 + h0 * (t - 1))
 
 
 @torch.no_grad()
-def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], sigma0=1.0, sigma_final=0.01, h0=0.01,
-                   beta=0.5, fixed_h=False, init_mean=0.5, max_steps=5000, diverge_at=5.0, device="cpu",
-                   dtype=torch.float32, progress=None) -> tuple[torch.Tensor, Trace]:
+def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], *, sigma0: float, sigma_final: float, h0: float,
+                   beta: float, fixed_h: bool, max_steps: int, init_mean=0.5, diverge_at=5.0, device="cpu",
+                   dtype=torch.float32, progress=None) -> Sampled:
     """Algorithm A:  d_t = x^(y) - y,  sigma_t^2 = ||d_t||^2 / D,
     gamma_t^2 = ((1 - beta h_t)^2 - (1 - h_t)^2) sigma_t^2,  y <- y + h_t d_t + gamma_t z_t,
     per image until sigma_t < sigma_final; its output is then x^(y) = y + d_t. The step leaves
     noise (1 - beta h_t) sigma_t, the level handed to the denoiser next (blind networks ignore it).
     Finished samples leave the batch, so stragglers cost only their own evaluations.
-    init_mean: a float or a tensor of `shape` (e.g. the training mean image)."""
+    init_mean: a float or a tensor of `shape` (e.g. the training mean image). The settings have
+    no defaults: they come from params.yaml (`sampling.*`), never from here."""
     gens = sample_generators(seeds)
     n, dim = len(seeds), math.prod(shape)
     y = init_mean + sigma0 * per_sample_randn(gens, shape, device, dtype)
@@ -78,7 +87,7 @@ def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], sigma0=1.0
         out[rows[done]] = y[rows[done]] + d[done]
         rows, d, sigma = rows[~done], d[~done], sigma[~done]
         if len(rows) == 0:
-            return out, trace
+            return Sampled(out, (trace.steps + 1).numpy(), trace)
         t += 1
         if t > max_steps:
             raise FgsdError(f"coarse-to-fine sampler: {len(rows)} of {n} samples did not reach "
@@ -108,10 +117,10 @@ def sigma_schedule(sigma_max: float, sigma_min: float, n_steps: int, spacing: st
 
 
 @torch.no_grad()
-def ddim(denoise: Denoiser, x_init: torch.Tensor, sigmas: np.ndarray, eta: float, seeds: list[int]) -> torch.Tensor:
+def ddim(denoise: Denoiser, x_init: torch.Tensor, sigmas: np.ndarray, eta: float, seeds: list[int]) -> Sampled:
     """VE DDIM from x_init at sigmas[0]:  x0^ = D(x, σ_i),  eps^ = (x - x0^)/σ_i,
     c = η σ_{i+1} sqrt(1 - σ_{i+1}²/σ_i²),  x ← x0^ + sqrt(σ_{i+1}² - c²) eps^ + c z.
-    Ends with one denoising step at sigmas[-1]."""
+    Ends with one denoising step at sigmas[-1]: len(sigmas) evaluations per sample."""
     gens = sample_generators(seeds)
     x = x_init
     rows = torch.arange(len(x), device=x.device)
@@ -122,7 +131,8 @@ def ddim(denoise: Denoiser, x_init: torch.Tensor, sigmas: np.ndarray, eta: float
         c = eta * s_next * math.sqrt(max(1 - s_next ** 2 / s ** 2, 0.0))
         z = per_sample_randn(gens, x.shape[1:], x.device, x.dtype) if eta > 0 else 0
         x = x0 + math.sqrt(max(s_next ** 2 - c ** 2, 0.0)) * eps + c * z
-    return denoise(x, torch.full((len(x),), float(sigmas[-1]), device=x.device, dtype=x.dtype), rows)
+    x = denoise(x, torch.full((len(x),), float(sigmas[-1]), device=x.device, dtype=x.dtype), rows)
+    return Sampled(x, np.full(len(x), len(sigmas)))
 
 
 def ddim_init(shape: tuple, seeds: list[int], sigma_max: float, mean: float = 0.5, device="cpu",

@@ -257,7 +257,7 @@ def folder(color: bool, folder: str | None = None, **_) -> tuple[list[RawClass],
     if not root.is_dir():
         raise FgsdError(f"data.folder: not a directory: {root}")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = lambda d: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)  # noqa: E731
+    files = lambda d: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if subdirs:
         classes = [RawClass(d.name, images=[_read_file(p, color) for p in files(d)], origin=str(d))
                    for d in subdirs]

@@ -18,50 +18,17 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import config as cfgmod
-from . import files, network
-from .data import load_split
+from . import checkpoints, config, files, network, stages
+from .data import epoch_plan, load_split
+from .denoisers import denoising_loss
 from .errors import FgsdError
+from .runtime import generator, resolve_device, to_float
 
 log = logging.getLogger("fgsd")
 
 
 class Interrupted(RuntimeError):
     """Raised by tests to simulate a kill right after a checkpoint."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FgsdError("device 'cuda' was asked for but torch sees no CUDA device (use --device auto or cpu)")
-    return torch.device(name)
-
-
-def generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from integer keys (same numbers on every device and batch size)."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1)[0]))
-
-
-def epoch_plan(g: torch.Generator, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch order of an epoch, and each crop's conditioner: the next crop of its class in a
-    random cycle, so a crop is never its own conditioner (unless its class has one crop)."""
-    order = torch.randperm(len(labels), generator=g)
-    partner = torch.arange(len(labels))
-    for c in torch.unique(labels):
-        members = torch.nonzero(labels == c).flatten()
-        cycle = members[torch.randperm(len(members), generator=g)]
-        partner[cycle] = torch.roll(cycle, -1)
-    return order, partner
-
-
-def to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).float() / 255
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """The inverse of `to_float` (exact for images that came from it), clipping to [0, 1]."""
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def select_classes(split: dict, kind: str, single_class: str) -> tuple[dict, list[str]]:
@@ -109,15 +76,19 @@ class Evaluator:
         return out
 
 
-def train(cfg: dict, kind: str, data_dir: str | Path, out_dir: str | Path, state_dir: str | Path,
-          device: str = "auto", interrupt_after: int | None = None) -> dict:
-    if kind not in cfgmod.MODEL_KINDS:
-        raise FgsdError(f"unknown model kind '{kind}': choose one of {cfgmod.MODEL_KINDS}")
+def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: str | Path, config_json: str | Path,
+          metrics: str | Path, state: str | Path, device: str = "auto", interrupt_after: int | None = None) -> dict:
+    """Train model kind `name`; write the checkpoint, its log, resolved config and final metrics.
+    Resumable state lives in the `state` directory, outside Snakemake's declared outputs."""
+    kind = name
+    if kind not in stages.MODEL_KINDS:
+        raise FgsdError(f"unknown model kind '{kind}': choose one of {stages.MODEL_KINDS}")
     t, seed = cfg["train"], cfg["seed"]
     dev = resolve_device(device)
-    manifest = files.load_json(Path(data_dir) / "manifest.json")
-    train_set, classes = select_classes(load_split(data_dir, "train"), kind, t["single"]["class"])
-    test_set, _ = select_classes(load_split(data_dir, "test"), kind, t["single"]["class"])
+    manifest = files.load_json(Path(data) / stages.MANIFEST)
+    y0 = t["single"]["class"] if kind == "single" else None
+    train_set, classes = select_classes(load_split(data, "train"), kind, y0)
+    test_set, _ = select_classes(load_split(data, "test"), kind, y0)
     x, labels = to_float(train_set["images"]), torch.from_numpy(train_set["labels"])
     batch, steps = t["batch_size"], t[kind]["steps"]
     if len(x) < batch:
@@ -125,27 +96,27 @@ def train(cfg: dict, kind: str, data_dir: str | Path, out_dir: str | Path, state
     per_epoch = len(x) // batch
 
     torch.manual_seed(seed)
-    model = network.build(cfg["model"], channels=x.shape[1], conditional=kind == "conditional").to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=t["lr"])
-    evaluate = Evaluator(test_set, t["eval_sigmas"], t["eval_crops_per_class"], seed, dev)
-    tracked = cfgmod.select(cfg, cfgmod.stage_keys("train", kind))
-    fingerprint = cfgmod.digest({"params": tracked, "kind": kind, "data": manifest["sha256"]})
+    net = network.build(cfg["model"], channels=x.shape[1], conditional=kind == "conditional").to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=t["lr"])
+    evaluate = Evaluator(test_set, cfg["sigmas"], t["eval_crops_per_class"], seed, dev)
+    tracked = config.select(cfg, stages.stage_keys("train", kind))
+    fingerprint = config.digest({"params": tracked, "kind": kind, "data": manifest["sha256"]})
 
-    state_path = Path(state_dir) / f"{kind}.pt"
+    state_path = Path(state) / f"{kind}.pt"
     step, rows, loss_sum, loss_n = 0, [], 0.0, 0
     if state_path.is_file():
-        state = files.load_torch(state_path, dev)
-        if state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            step, rows, loss_sum, loss_n = state["step"], state["rows"], state["loss_sum"], state["loss_n"]
+        saved = files.load_torch(state_path, dev)
+        if saved["fingerprint"] == fingerprint:
+            net.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            step, rows, loss_sum, loss_n = saved["step"], saved["rows"], saved["loss_sum"], saved["loss_n"]
             log.info("resuming %s training from step %d (%s)", kind, step, state_path)
         else:
             log.info("ignoring %s: it was saved with other params or data", state_path)
 
-    log.info("training %s: %d params, %d crops, %d steps of %d on %s", kind, network.n_params(model),
+    log.info("training %s: %d params, %d crops, %d steps of %d on %s", kind, network.n_params(net),
              len(x), steps, batch, dev)
-    model.train()
+    net.train()
     epoch, order, partner = None, None, None
     bar = tqdm(total=steps * batch, initial=step * batch, unit="img", unit_scale=True, mininterval=2,
                desc=f"train {kind}", dynamic_ncols=True)
@@ -155,13 +126,8 @@ def train(cfg: dict, kind: str, data_dir: str | Path, out_dir: str | Path, state
             epoch = step // per_epoch
             order, partner = epoch_plan(generator(seed, 1, epoch), labels)
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
-        g = generator(seed, 3, step)
-        sigma = torch.rand(batch, generator=g) ** 2
-        noise = torch.randn(x[idx].shape, generator=g)
-        clean = x[idx].to(dev)
-        noisy = clean + sigma.view(-1, 1, 1, 1).to(dev) * noise.to(dev)
         cond = x[partner[idx]].to(dev) if kind == "conditional" else None
-        loss = (model(noisy, cond) - clean).pow(2).flatten(1).sum(1).mean()
+        loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step))
         for group in opt.param_groups:
             group["lr"] = t["lr"] * t["lr_decay_factor"] ** (step // t["lr_decay_every"])
         opt.zero_grad(set_to_none=True)
@@ -173,38 +139,26 @@ def train(cfg: dict, kind: str, data_dir: str | Path, out_dir: str | Path, state
         bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
         if step % t["eval_every"] == 0 or step == steps:
             rows.append(dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"],
-                             train_loss=loss_sum / loss_n, **evaluate(model)))
+                             train_loss=loss_sum / loss_n, **evaluate(net)))
             loss_sum, loss_n = 0.0, 0
             log.info("step %d  loss %.4g  test PSNR %.2f dB", step, rows[-1]["train_loss"], rows[-1]["psnr_mean"])
         if step % t["checkpoint_every"] == 0 and step < steps:
-            files.save_torch(state_path, dict(step=step, model=model.state_dict(), optimizer=opt.state_dict(),
+            files.save_torch(state_path, dict(step=step, model=net.state_dict(), optimizer=opt.state_dict(),
                                               rows=rows, loss_sum=loss_sum, loss_n=loss_n, fingerprint=fingerprint))
             if interrupt_after is not None and step >= interrupt_after:
                 raise Interrupted(f"interrupted after step {step}")
     bar.close()
     log.info("trained %s in %.1f s", kind, time.time() - t0)
 
-    out_dir = Path(out_dir)
-    meta = dict(kind=kind, model_config=model.config, classes=classes,
-                train_classes=sorted({classes[i] for i in labels.tolist()}), image_shape=list(x.shape[1:]))
-    files.save_torch(out_dir / "model.pt", dict(meta, state_dict={k: v.cpu() for k, v in model.state_dict().items()}))
-    files.save_csv(out_dir / "train_log.csv", pd.DataFrame(rows))
+    meta = dict(classes=classes, train_classes=sorted({classes[i] for i in labels.tolist()}),
+                image_shape=list(x.shape[1:]))
+    checkpoints.save(model, kind, net, **meta)
+    files.save_csv(train_log, pd.DataFrame(rows))
     final = {k: v for k, v in rows[-1].items() if k.startswith("psnr")}
-    files.save_json(out_dir / "config.json", dict(meta, params=tracked, n_params=network.n_params(model),
-                                                  data_sha256=manifest["sha256"], steps_per_epoch=per_epoch))
-    files.save_json(out_dir / "metrics.json", dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
-                                                   test_psnr=final, n_test=len(evaluate.clean)))
+    files.save_json(config_json, dict(kind=kind, model_config=net.config, **meta, params=tracked,
+                                      n_params=network.n_params(net), data_sha256=manifest["sha256"],
+                                      steps_per_epoch=per_epoch))
+    files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
+                                  test_psnr=final, n_test=len(evaluate.clean)))
     state_path.unlink(missing_ok=True)
     return final
-
-
-def load_model(path: str | Path, device="cpu") -> tuple[network.UNet, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FgsdError(f"missing model file: {path}")
-    ckpt = files.load_torch(path, device)
-    c = ckpt["model_config"]
-    model = network.UNet(**c).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}

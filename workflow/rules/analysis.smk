@@ -1,14 +1,15 @@
 rule sweep:
     input:
         DATA_FILES,
-        expand("results/models/{kind}/model.pt", kind=KINDS),
-        code("network", "data", "train", "kl", "analysis"),
+        **{kind: stages.MODEL.format(kind=kind) for kind in KINDS},
+        code=code("sweep"),
     output:
-        table="results/analysis/sweep.csv",
+        table=stages.SWEEP,
         prov="results/provenance/sweep.json",
     params:
         tracked=tracked("sweep"),
-        data=DATA,
+        spec=spec("sweep"),
+        args=args(data=DATA),
     log:
         "results/logs/sweep.log",
     benchmark:
@@ -17,40 +18,42 @@ rule sweep:
     resources:
         gpu=GPU,
     shell:
-        "python -m fgsd sweep --models results/models --data {params.data} --out {output.table} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd sweep {params.args} --log {log} --provenance {output.prov}"
 
 
 rule separation:
     input:
-        expand("results/features/{kind}/phi.npz", kind=["mixture", "conditional"]),
-        code("network", "data", "train", "kl", "analysis"),
+        phi_mixture=stages.PHI.format(kind="mixture"),
+        phi_conditional=stages.PHI.format(kind="conditional"),
+        code=code("separation"),
     output:
-        table="results/analysis/separation.csv",
+        table=stages.SEPARATION,
         prov="results/provenance/separation.json",
     params:
         tracked=tracked("separation"),
+        spec=spec("separation"),
+        args=args(),
     log:
         "results/logs/separation.log",
     benchmark:
         "results/benchmarks/separation.tsv"
     shell:
-        "python -m fgsd separation --features results/features --out {output.table} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd separation {params.args} --log {log} --provenance {output.prov}"
 
 
 rule density:
     input:
         DATA_FILES,
-        "results/models/conditional/model.pt",
-        "results/features/conditional/phi.npz",
-        code("network", "data", "train", "kl", "analysis"),
+        model=stages.MODEL.format(kind="conditional"),
+        phi=stages.PHI.format(kind="conditional"),
+        code=code("density"),
     output:
-        table="results/analysis/density.csv",
+        table=stages.DENSITY,
         prov="results/provenance/density.json",
     params:
         tracked=tracked("density"),
-        data=DATA,
+        spec=spec("density"),
+        args=args(data=DATA),
     log:
         "results/logs/density.log",
     benchmark:
@@ -59,30 +62,28 @@ rule density:
     resources:
         gpu=GPU,
     shell:
-        "python -m fgsd density --model results/models/conditional/model.pt"
-        " --phi results/features/conditional/phi.npz --data {params.data} --out {output.table} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd density {params.args} --log {log} --provenance {output.prov}"
 
 
 rule summary:
     input:
-        "results/analysis/sweep.csv",
-        "results/analysis/separation.csv",
-        "results/analysis/density.csv",
-        "results/metrics/samples.json",
-        "results/models/classifier/metrics.json",
-        code("network", "data", "train", "kl", "analysis"),
+        sweep=stages.SWEEP,
+        separation=stages.SEPARATION,
+        density=stages.DENSITY,
+        set_metrics=list(stages.set_metrics(*stages.HEADLINE_GROUPS).values()),
+        classifier_metrics="results/models/classifier/metrics.json",
+        code=code("summary"),
     output:
-        summary="results/metrics/summary.json",
+        summary_json="results/metrics/summary.json",
         gain="results/analysis/psnr_gain.csv",
         prov="results/provenance/summary.json",
     params:
         tracked=tracked("summary"),
+        spec=spec("summary"),
+        args=args(),
     log:
         "results/logs/summary.log",
     benchmark:
         "results/benchmarks/summary.tsv"
     shell:
-        "python -m fgsd summary --analysis results/analysis --samples results/metrics/samples.json"
-        " --classifier results/models/classifier/metrics.json --out {output.summary} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd summary {params.args} --log {log} --provenance {output.prov}"

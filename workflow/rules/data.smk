@@ -1,16 +1,16 @@
 rule data:
     input:
-        code("sources", "data"),
+        code=code("data"),
     output:
         DATA_FILES,
         prov="results/provenance/data.json",
     params:
         tracked=tracked("data"),
-        out=DATA,
+        spec=spec("data"),
+        args=args(out=DATA),
     log:
         "results/logs/data.log",
     benchmark:
         "results/benchmarks/data.tsv"
     shell:
-        "python -m fgsd data --out {params.out} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd data {params.args} --log {log} --provenance {output.prov}"

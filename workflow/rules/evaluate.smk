@@ -1,15 +1,15 @@
 rule classifier:
     input:
         DATA_FILES,
-        code("network", "data", "train", "classifier"),
+        code=code("classifier"),
     output:
-        model="results/models/classifier/model.pt",
+        model=stages.CLASSIFIER,
         metrics="results/models/classifier/metrics.json",
         prov="results/provenance/classifier.json",
     params:
         tracked=tracked("classifier"),
-        data=DATA,
-        out="results/models/classifier",
+        spec=spec("classifier"),
+        args=args(data=DATA),
     log:
         "results/logs/classifier.log",
     benchmark:
@@ -18,31 +18,49 @@ rule classifier:
     resources:
         gpu=GPU,
     shell:
-        "python -m fgsd classifier --data {params.data} --out {params.out} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd classifier {params.args} --log {log} --provenance {output.prov}"
 
 
-rule evaluate:
+rule evaluate:  # one job per sample set, plus the real-crop reference: a new set re-scores nothing else
     input:
         DATA_FILES,
-        expand("results/samples/{sample_set}.npz", sample_set=SAMPLE_SETS),
-        "results/models/classifier/model.pt",
-        code("network", "data", "train", "classifier", "evaluate"),
+        unpack(lambda wildcards: {} if wildcards.group == stages.REFERENCE else
+               {"samples_npz": stages.SAMPLES.format(sample_set=wildcards.group)}),
+        classifier=stages.CLASSIFIER,
+        code=code("evaluate"),
     output:
-        table="results/metrics/samples.csv",
-        headline="results/metrics/samples.json",
-        prov="results/provenance/evaluate.json",
+        table=stages.SET_METRICS,
+        prov="results/provenance/evaluate_{group}.json",
     params:
         tracked=tracked("evaluate"),
-        data=DATA,
+        spec=spec("evaluate"),
+        args=args(data=DATA),
     log:
-        "results/logs/evaluate.log",
+        "results/logs/evaluate_{group}.log",
     benchmark:
-        "results/benchmarks/evaluate.tsv"
+        "results/benchmarks/evaluate_{group}.tsv"
     threads: 8  # scaled down to --cores on smaller machines
     resources:
         gpu=GPU,
     shell:
-        "python -m fgsd evaluate --samples results/samples --data {params.data}"
-        " --classifier results/models/classifier/model.pt --out {output.table} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd evaluate {wildcards.group} {params.args} --log {log} --provenance {output.prov}"
+
+
+rule sample_metrics:
+    input:
+        set_metrics=list(stages.set_metrics(*EVAL_GROUPS).values()),
+        code=code("sample_metrics"),
+    output:
+        table="results/metrics/samples.csv",
+        headline_json="results/metrics/samples.json",
+        prov="results/provenance/sample_metrics.json",
+    params:
+        tracked=tracked("sample_metrics"),
+        spec=spec("sample_metrics"),
+        args=args(),
+    log:
+        "results/logs/sample_metrics.log",
+    benchmark:
+        "results/benchmarks/sample_metrics.tsv"
+    shell:
+        "python -m fgsd sample_metrics {params.args} --log {log} --provenance {output.prov}"

@@ -1,16 +1,16 @@
 rule centroids:
     input:
         DATA_FILES,
-        "results/models/{kind}/model.pt",
-        code("network", "data", "train", "centroids"),
+        model=stages.MODEL,
+        code=code("centroids"),
     output:
-        phi="results/features/{kind}/phi.npz",
+        phi=stages.PHI,
         table="results/features/{kind}/centroids.csv",
         prov="results/provenance/centroids_{kind}.json",
     params:
         tracked=tracked("centroids"),
-        data=DATA,
-        out="results/features/{kind}",
+        spec=spec("centroids"),
+        args=args(data=DATA),
     log:
         "results/logs/centroids_{kind}.log",
     benchmark:
@@ -18,6 +18,4 @@ rule centroids:
     resources:
         gpu=GPU,
     shell:
-        "python -m fgsd centroids --model results/models/{wildcards.kind}/model.pt"
-        " --data {params.data} --out {params.out} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd centroids {params.args} --log {log} --provenance {output.prov}"

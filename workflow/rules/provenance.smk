@@ -7,7 +7,8 @@ JOBS = [
     "density",
     *expand("sample_{sample_set}", sample_set=SAMPLE_SETS),
     "classifier",
-    "evaluate",
+    *expand("evaluate_{group}", group=EVAL_GROUPS),
+    "sample_metrics",
     "summary",
     *expand("figure_{name}", name=FIGURES),
 ]
@@ -16,13 +17,16 @@ JOBS = [
 rule provenance:
     input:
         records=expand("results/provenance/{job}.json", job=JOBS),
-        code=code(),
+        code=code("provenance"),
     output:
-        table="results/metrics/provenance.csv",
+        table_csv="results/metrics/provenance.csv",
         html=report("results/metrics/provenance.html", caption="../report/provenance.rst", category="Provenance"),
+    params:
+        spec=spec("provenance"),
+        args=args(),
     log:
         "results/logs/provenance.log",
     benchmark:
         "results/benchmarks/provenance.tsv"
     shell:
-        "python -m fgsd provenance {input.records} --out {output.table} --log {log}"
+        "python -m fgsd provenance {params.args} --log {log}"

@@ -1,17 +1,17 @@
 rule train:
     input:
         DATA_FILES,
-        code("network", "data", "train"),
+        code=code("train"),
     output:
-        model="results/models/{kind}/model.pt",
-        log_csv="results/models/{kind}/train_log.csv",
-        config="results/models/{kind}/config.json",
+        model=stages.MODEL,
+        train_log="results/models/{kind}/train_log.csv",
+        config_json="results/models/{kind}/config.json",
         metrics="results/models/{kind}/metrics.json",
         prov="results/provenance/train_{kind}.json",
     params:
         tracked=tracked("train"),
-        data=DATA,
-        out="results/models/{kind}",
+        spec=spec("train"),
+        args=args(data=DATA, state="results/.state"),  # resumable state lives outside the declared outputs
     log:
         "results/logs/train_{kind}.log",
     benchmark:
@@ -22,6 +22,4 @@ rule train:
         mem_mb=4000,
         runtime=120,
     shell:
-        "python -m fgsd train --kind {wildcards.kind} --data {params.data}"
-        " --out {params.out} --log {log}"
-        " --provenance {output.prov}"
+        "python -m fgsd train {wildcards.kind} {params.args} --log {log} --provenance {output.prov}"

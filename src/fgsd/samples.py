@@ -1,0 +1,106 @@
+"""The sample-set file format, as a public API: every sampler's output, whatever the method, is
+one npz with the same columns, so evaluation and figures treat all sets alike.
+
+    images   (N, C, H, W) uint8     label    class index (-1: none, e.g. the mixture model)
+    class_b  second class or -1     variant  sampler / setting, e.g. "c2f", "ddim 25"
+    param    the set's knob (alpha, switch sigma, N exemplars, steps...)
+    nfe      network evaluations of the sample      seed  the sample's noise seed
+
+A set may add columns of its own (e.g. `reference` for inversion round trips). Also here: each
+set's noise seeds, and the one helper that reads a value out of the metrics table.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import files, stages
+from .errors import FgsdError
+from .runtime import to_uint8
+
+COLUMNS = ("images", "label", "variant", "nfe", "seed", "param", "class_b")
+
+
+def table(images: torch.Tensor, label, variant, nfe, seed, param=None, class_b=None, **extra) -> dict:
+    """One block of samples in the common format (images in [0, 1], stored as uint8)."""
+    n = len(images)
+    return dict(images=to_uint8(images), label=np.asarray(label, np.int64), variant=np.asarray(variant),
+                nfe=np.asarray(nfe, np.int64), seed=np.asarray(seed, np.int64),
+                param=np.zeros(n) if param is None else np.asarray(param, np.float64),
+                class_b=np.full(n, -1, np.int64) if class_b is None else np.asarray(class_b, np.int64), **extra)
+
+
+def concat(tables: list[dict]) -> dict:
+    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+
+
+def save(path: str | Path, samples: dict) -> None:
+    missing = [c for c in COLUMNS if c not in samples]
+    if missing:
+        raise FgsdError(f"sample set for {path} lacks the columns {missing}")
+    files.save_npz(path, **samples)
+
+
+def load(path: str | Path) -> dict[str, np.ndarray]:
+    samples = files.load_npz(path)
+    missing = [c for c in COLUMNS if c not in samples]
+    if missing:
+        raise FgsdError(f"{path}: not a sample set (missing columns {missing})")
+    return samples
+
+
+def seeds_for(seed: int, set_name: str, n: int) -> list[int]:
+    """n noise seeds for a set: a pure function of (params seed, the set's fixed seed id), not of
+    the batch, the device, or which other sets exist."""
+    ss = np.random.SeedSequence([seed, stages.SAMPLE_SETS[set_name].seed_id, 7])
+    return [int(s) for s in ss.generate_state(n, dtype=np.uint32)]
+
+
+def read_metrics(paths: list[str | Path], rounded: bool = False) -> pd.DataFrame:
+    """Evaluation groups' metric rows (exact floats), concatenated in the order given. rounded:
+    as samples.csv states them (6 significant digits), which is what the figures show."""
+    frame = pd.concat([files.load_csv(p, float_precision="round_trip") for p in paths], ignore_index=True)
+    if rounded:
+        frame = pd.read_csv(io.StringIO(frame.to_csv(index=False, float_format="%.6g")))
+    return frame
+
+
+def metric(t: pd.DataFrame, set_name: str, name: str, variant=None, param=None, extractor=None):
+    """The first row of the metrics table for (set, metric[, variant, param, extractor]), or None."""
+    k = (t.set == set_name) & (t.metric == name)
+    if variant is not None:
+        k &= t.variant == variant
+    if param is not None:
+        k &= t.param == param
+    if extractor is not None:
+        k &= t.extractor == extractor
+    rows = t[k]
+    return rows.iloc[0] if len(rows) else None
+
+
+EXTRACTOR = "fgsd-classifier"  # the in-domain feature extractor's name in torch-fidelity (evaluate.py)
+
+
+def headline(t: pd.DataFrame) -> dict:
+    """The numbers summary.json carries, each beside its sample counts."""
+    def pick(set_name, variant, name, extractor=None):
+        r = metric(t, set_name, name, variant=variant, extractor=extractor)
+        return dict(value=float(r.value), n_samples=int(r.n_samples), n_real=int(r.n_real))
+    out = {}
+    for name in (stages.REFERENCE, "conditional", "mixture"):
+        variant = "train crops" if name == stages.REFERENCE else "c2f"
+        out[name] = {m: pick(name, variant, m, extractor=EXTRACTOR) for m in ("kid", "fid", "precision", "recall")}
+        out[name]["classes_covered"] = pick(name, variant, "classes_covered")
+        if name != stages.REFERENCE:
+            out[name].update({m: pick(name, variant, m) for m in ("nn_rmse_median", "frac_closer_than_test_p05")})
+    out["conditional"]["accuracy"] = pick("conditional", "c2f", "accuracy")
+    out["nn_rmse_median_test_crops"] = pick("conditional", "c2f", "nn_rmse_median_test_crops")
+    few = t[(t.set == "fewshot") & (t.metric == "accuracy")]
+    out["fewshot_accuracy_by_n_exemplars"] = {str(int(r.param)): dict(value=float(r.value), n_samples=int(r.n_samples))
+                                              for r in few.itertuples()}
+    out["ddim_inversion_roundtrip_rmse"] = pick("inversion", "ddim-inversion", "roundtrip_rmse_median")
+    return out

@@ -1,0 +1,259 @@
+"""The tables of the pipeline, written once: stages, model kinds, sample sets and figures, with
+the params keys each reads, the function that runs it and the files it takes. The Snakemake
+rules, the DVC generator (through the DAG) and `python -m fgsd` all read them. Torch-free:
+Snakemake imports this module at start-up.
+
+A new sample set is one function in `generate.py` plus one `SAMPLE_SETS` line here; a new figure
+is one function (named after its key) plus one `FIGURES` line.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent
+
+MODEL_KINDS = ("mixture", "conditional", "single")
+SPLITS = ("train", "test", "unseen")   # the data stage writes <split>.npz for each, and the manifest
+MANIFEST = "manifest.json"
+DATA_FILES = (*(f"{split}.npz" for split in SPLITS), MANIFEST)
+
+# Where things live. Rules fill in the wildcards; stages get every path from their rule.
+MODEL = "results/models/{kind}/model.pt"
+PHI = "results/features/{kind}/phi.npz"
+SAMPLES = "results/samples/{sample_set}.npz"
+SET_METRICS = "results/metrics/sets/{group}.csv"
+SWEEP = "results/analysis/sweep.csv"
+SEPARATION = "results/analysis/separation.csv"
+DENSITY = "results/analysis/density.csv"
+CLASSIFIER = "results/models/classifier/model.pt"
+SAMPLER_KEYS = tuple(f"sampling.{k}" for k in ("sigma0", "sigma_final", "h0", "beta", "fixed_h", "max_steps"))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One `python -m fgsd <stage>` command: `module.function(cfg?, [name], **paths, device?)`."""
+    module: str
+    function: str
+    keys: tuple[str, ...] = ()      # dotted params keys it reads (it is handed only these)
+    named: bool = False             # takes a name argument (model kind, sample set, figure, group)
+
+
+STAGES = {
+    "data": Stage("data", "prepare", ("seed", "data")),
+    "train": Stage("train", "train", ("seed", "device", "model", "train.batch_size", "train.lr",
+                                      "train.lr_decay_every", "train.lr_decay_factor", "train.checkpoint_every",
+                                      "train.eval_every", "train.eval_crops_per_class", "sigmas"), named=True),
+    "centroids": Stage("centroids", "compute", ("device", "features")),
+    "sweep": Stage("analysis", "sweep", ("seed", "device", "sigmas", "analysis.batch_size", "train.single.class")),
+    "separation": Stage("analysis", "separation"),
+    "density": Stage("analysis", "density", ("seed", "device", "analysis.kl_sigma_min", "analysis.kl_sigma_max",
+                                             "analysis.kl_n_sigmas", "analysis.kl_n_noise", "analysis.kl_max_pairs")),
+    "summary": Stage("summary", "summary"),
+    "sample": Stage("generate", "generate", ("seed", "device", *SAMPLER_KEYS), named=True),
+    "classifier": Stage("classifier", "train_classifier", ("seed", "device", "evaluate.classifier_steps",
+                                                          "evaluate.classifier_batch", "evaluate.classifier_lr",
+                                                          "evaluate.classifier_width", "evaluate.feature_dim")),
+    "evaluate": Stage("evaluate", "evaluate", ("seed", "device", "evaluate.kid_subset_size",
+                                               "evaluate.inception_weights"), named=True),
+    "sample_metrics": Stage("evaluate", "join"),
+    "figure": Stage("figures", "draw", named=True),
+    "provenance": Stage("provenance", "table"),
+}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How `evaluate` scores a sample set. fidelity: accuracy, KID/FID/precision/recall and
+    memorisation per group of rows (grouped by `by`; real crops of the seen classes, or of the
+    set's own labels); pairs: how often samples are judged class a or class b, per (variant,
+    param); roundtrip: the median DDIM inversion round-trip error."""
+    how: str = "fidelity"
+    by: tuple[str, ...] = ()
+    real: str = "seen"
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    function: str                   # generate.<function>(ctx) -> samples.table(...)
+    seed_id: int                    # its noise-seed stream: fixed forever, so adding a set moves no other set
+    model: str                      # the model kind it samples from
+    keys: tuple[str, ...] = ()      # sampling.* keys beyond SAMPLER_KEYS
+    evaluation: Evaluation = field(default_factory=Evaluation)
+
+
+SAMPLE_SETS = {  # in the order their metrics appear in samples.csv
+    "conditional": SampleSet("set_conditional", 0, "conditional", ("per_class", "exemplars")),
+    "mixture": SampleSet("set_mixture", 1, "mixture", ("per_class",)),
+    "fewshot": SampleSet("set_fewshot", 4, "conditional", ("fewshot_n", "fewshot_per_n"),
+                         Evaluation(by=("param",), real="own")),
+    "nfe": SampleSet("set_nfe", 5, "conditional",
+                     ("nfe_per_class", "nfe_betas", "ddim_steps", "ddim_eta", "ddim_spacing", "exemplars"),
+                     Evaluation(by=("variant",))),
+    "interpolation": SampleSet("set_interpolation", 2, "conditional",
+                               ("pairs", "per_pair", "alphas", "exemplars", "inversion_steps", "ddim_spacing"),
+                               Evaluation("pairs")),
+    "mixing": SampleSet("set_mixing", 3, "conditional", ("pairs", "per_pair", "mixing_sigmas", "exemplars"),
+                        Evaluation("pairs")),
+    "inversion": SampleSet("set_inversion", 6, "conditional",
+                           ("inversion_steps", "inversion_per_class", "ddim_spacing", "exemplars"),
+                           Evaluation("roundtrip")),
+}
+REFERENCE = "real"  # the evaluation group of real training crops: the floor sample metrics are read against
+EVAL_GROUPS = (REFERENCE, *SAMPLE_SETS)
+HEADLINE_GROUPS = (REFERENCE, "conditional", "mixture", "fewshot", "inversion")  # what summary.json quotes
+
+
+def set_metrics(*groups: str) -> dict[str, str]:
+    return {g: SET_METRICS.format(group=g) for g in groups}
+
+
+@dataclass(frozen=True)
+class Figure:
+    module: str                     # the function is <module>.<figure key>
+    inputs: dict[str, str]          # argument -> file
+    caption: str
+    keys: tuple[str, ...] = ()
+    data: bool = False              # also takes the data directory
+
+
+def _kinds(*kinds):
+    return {k: MODEL.format(kind=k) for k in kinds}
+
+
+FIGURES = {
+    "fig2_denoising_grid": Figure(
+        "figures", _kinds("conditional", "mixture"), keys=("seed", "analysis.fig2_sigmas"), data=True,
+        caption="**Fig 2: feature-guided denoising.** Rows: noisy test crops of four classes. Top row (green): one "
+        "conditioning exemplar per class, another test crop of that class. Grid: the conditional denoiser's output "
+        "for each (noisy crop, exemplar) pair; the diagonal (red) is correct conditioning. Right column (orange): "
+        "the mixture denoiser. One panel per noise level (``analysis.fig2_sigmas``, on the [0,1] scale)."),
+    "fig3_psnr_gain": Figure(
+        "figures", {"sweep": SWEEP}, keys=("seed", "train.single.class"),
+        caption="**Fig 3: denoising gain vs noise level.** Output PSNR minus input PSNR (dB) against input PSNR "
+        "(-20 log10 σ), averaged over the test crops of every class, with 95 % bootstrap bands. Left: the "
+        "conditional model conditioned on another crop of the same class vs the mixture model. Right: the "
+        "conditional model conditioned on class y0 (its centroid) vs a denoiser trained on y0 only, on crops of y0 "
+        "(correct) and of the other classes (incorrect conditioning / wrong class)."),
+    "fig4_separation": Figure(
+        "figures", {"separation": SEPARATION, "phi_mixture": PHI.format(kind="mixture"),
+                    "phi_conditional": PHI.format(kind="conditional")}, data=True,
+        caption="**Fig 4: concentration and separation of the features.** Top row: mixture model; bottom row: "
+        "conditional model (features w ⊙ φ). Left: histogram over class pairs of the squared distance between "
+        "class centroids ‖φ_y − φ_y'‖² (orange) and of the geometric mean √(v_y v_y') of the within-class "
+        "variances (grey), training crops, all layers. Middle: per-layer separation ratio r_l, the median over "
+        "class pairs of ‖φ_y,l − φ_y',l‖² / √(v_y,l v_y',l); above 1 means the class clouds are further apart than "
+        "they are wide. Right: the mid-layer components of φ(x1) against φ(x2) for crops x1, x2 of two classes; "
+        "points on the diagonal mean the two crops have the same features."),
+    "fig5_density_distance": Figure(
+        "figures", {"density": DENSITY}, data=True,
+        caption="**Fig 5: density distance vs centroid distance.** Each point is a class pair. y: the symmetrised "
+        "KL divergence estimated through the conditional denoiser, ∫ σ⁻³ [MSE with the wrong centroid − MSE with "
+        "the correct centroid] dσ on a log grid over the training range of σ, summed both ways. x: the squared "
+        "distance between the two class centroids. Pearson and Spearman correlations in the title. Left and right: "
+        "one crop of each class of the three pairs with the smallest (red) and largest (blue) estimated distance."),
+    "fig6_samples": Figure(
+        "sample_figures", {"conditional": SAMPLES.format(sample_set="conditional"),
+                           "mixture": SAMPLES.format(sample_set="mixture"), "metrics": SET_METRICS.format(
+                               group="conditional")},
+        keys=("sampling.exemplars", "sampling.beta", "sampling.h0"), data=True,
+        caption="**Fig 6: samples per class.** Left: training crops of each seen class. Middle: feature-guided "
+        "samples (Algorithm B: the coarse-to-fine sampler with the conditional denoiser, its matched block means set "
+        "to the class centroid, ``sampling.exemplars`` crops, 0 = all). The title gives the in-domain classifier's "
+        "accuracy on them with the sample count. Right: samples of the mixture (unconditional) denoiser with the "
+        "same sampler; its rows are not classes."),
+    "fig7_interpolation": Figure(
+        "sample_figures", {"interpolation": SAMPLES.format(sample_set="interpolation"),
+                           "mixing": SAMPLES.format(sample_set="mixing")}, data=True,
+        caption="**Fig 7: interpolation and class mixing.** Left (Algorithm C): samples conditioned on "
+        "φ_α = (1-α) φ_a + α φ_b, the same noise seed along each row; the last row of a pair is the DDIM baseline: "
+        "the DDIM latents of one real crop of each class, slerp-interpolated and decoded with φ_α. Right "
+        "(Algorithm C'): conditioned on class a while the estimated noise level is above s and on class b below "
+        "it: s = 0 gives class a, s = σ0 class b, in between coarse structure from a and fine detail from b."),
+    "fig8_fewshot": Figure(
+        "sample_figures", {"fewshot": SAMPLES.format(sample_set="fewshot"),
+                           "metrics": SET_METRICS.format(group="fewshot")}, data=True,
+        caption="**Fig 8: few-shot classes.** For each held-out class (never seen in training): real crops from "
+        "its held-out region, then samples whose centroid was computed from N of its crops "
+        "(``sampling.fewshot_n``). The title gives the classifier accuracy per N with sample counts."),
+    "fig9_quality_nfe": Figure(
+        "sample_figures", {"metrics": SET_METRICS.format(group="nfe"),
+                           "reference": SET_METRICS.format(group=REFERENCE)}, keys=("sampling.ddim_eta",),
+        caption="**Fig 9: sample quality vs cost.** Conditional samples (same classes, centroids and seeds) from "
+        "the coarse-to-fine sampler at several β and from DDIM at several step counts, against network evaluations "
+        "per sample. Left: KID with the pipeline's in-domain classifier features against held-out test crops "
+        "(error bars: std over KID subsets; dashed: real training crops against the same test crops). Right: "
+        "classifier accuracy."),
+}
+
+
+def stage_keys(stage: str, name: str | None = None) -> list[str]:
+    """The params keys that `stage` (for model kind, sample set or figure `name`) reads."""
+    keys = list(STAGES[stage].keys)
+    if stage == "train":
+        keys.append(f"train.{name}")
+    elif stage == "sample":
+        keys += [f"sampling.{k}" for k in SAMPLE_SETS[name].keys]
+    elif stage == "figure":
+        keys += FIGURES[name].keys
+    return keys
+
+
+def function_of(stage: str, name: str | None = None) -> tuple[str, str]:
+    """(module, function) that runs `stage` (a figure runs its own function)."""
+    if stage == "figure":
+        return FIGURES[name].module, name
+    return STAGES[stage].module, STAGES[stage].function
+
+
+def spec(stage: str, name: str | None = None) -> str:
+    """The rows of these tables one job depends on. Rules carry it as a param, so editing a row
+    re-runs its jobs, and adding or editing another row re-runs nothing else (this module is
+    therefore left out of the jobs' code files)."""
+    rows: list = [STAGES[stage]]
+    if stage == "sample":
+        rows.append(SAMPLE_SETS[name])
+    elif stage == "evaluate" and name in SAMPLE_SETS:
+        rows.append(SAMPLE_SETS[name].evaluation)
+    elif stage == "figure":
+        rows.append(FIGURES[name])
+    return repr(rows)
+
+
+# --- code dependencies -----------------------------------------------------------------------
+ENTRY = ("__main__", "config", "errors", "files", "provenance")  # what every command runs
+TABLES = "stages"  # tracked row by row through `spec`, not as a code file
+
+
+@functools.cache
+def _imports(module: str) -> frozenset[str]:
+    """fgsd modules that `module` imports (at top level or inside functions)."""
+    tree = ast.parse((SRC / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("fgsd")):
+            base = (node.module or "").removeprefix("fgsd").lstrip(".")
+            if base:
+                found.add(base.split(".")[0])
+            else:
+                found.update(a.name for a in node.names)
+    return frozenset(m for m in found if (SRC / f"{m}.py").is_file())
+
+
+def code_modules(module: str) -> list[str]:
+    """`module` and every fgsd module it imports, transitively, plus the command-line entry."""
+    seen, todo = set(), [module, *ENTRY]
+    while todo:
+        m = todo.pop()
+        if m not in seen and m != TABLES:
+            seen.add(m)
+            todo.extend(_imports(m))
+    return sorted(seen)
+
+
+def code_files(stage: str, name: str | None = None) -> list[str]:
+    """The library files a job runs, as paths relative to the repository root: editing one re-runs
+    the job (Snakemake's code trigger sees only the rule body, not the modules it imports)."""
+    return [f"src/fgsd/{m}.py" for m in code_modules(function_of(stage, name)[0])]
