@@ -32,25 +32,38 @@ def trained(tiny_cfg, tmp_path):
 
 
 def test_sweep_rows_and_input_psnr(trained):
+    import torch
+
+    from fgsd import checkpoints, network, references
+    from fgsd.runtime import generator, to_float
     cfg, tmp = trained
     cfg["sigmas"] = [0.05, 0.5]
     m = tmp / "models"
     analysis.sweep(cfg, m / "mixture/model.pt", m / "conditional/model.pt", m / "single/model.pt", tmp / "data",
-                   tmp / "sweep.csv", device="cpu")
+                   tmp / "sweep.csv", tmp / "refs.json", device="cpu")
     d = pd.read_csv(tmp / "sweep.csv")
-    n_test = len(files.load_npz(tmp / "data" / "test.npz")["labels"])
-    assert len(d) == n_test * 2 * 6
+    test = files.load_npz(tmp / "data" / "test.npz")
+    n_test = len(test["labels"])
+    assert len(d) == n_test * 2 * 9
     pairs = set(zip(d.model, d.conditioning))
     assert pairs == {("conditional", "exemplar"), ("conditional", "centroid"), ("conditional", "wrong"),
-                     ("conditional", "y0-centroid"), ("mixture", "none"), ("single", "none")}
+                     ("conditional", "y0-centroid"), ("mixture", "none"), ("single", "none"), ("trivial-mean", "none"),
+                     ("gaussian-mixture", "none"), ("gaussian-class", "class")}
     # input PSNR of x + σz is close to -20 log10 σ (before clipping, peak 1)
     for s in (0.05, 0.5):
         assert d[d.sigma == s].input_psnr.mean() == pytest.approx(-20 * np.log10(s), abs=0.5)
-    # the same noise for every denoiser: input PSNR identical across models per image and sigma
-    assert d.groupby(["image", "sigma"]).input_psnr.nunique().max() == 1
+    # every denoiser saw the same noisy crops: recompute them and two outputs from scratch
+    x = to_float(test["images"])
+    noisy = x + 0.5 * torch.randn(x.shape, generator=generator(cfg["seed"], 22, 1))
+    mix, _ = checkpoints.load(m / "mixture/model.pt", network.UNet, ("mixture",))
+    rows = d[d.sigma == 0.5].sort_values("image")
+    level, idx = torch.full((n_test,), 0.5), torch.arange(n_test)
+    for model, out in (("mixture", mix(noisy).detach()), ("trivial-mean", references.trivial()(noisy, level, idx))):
+        np.testing.assert_allclose(rows[rows.model == model].output_psnr, network.psnr(out, x).numpy(), rtol=1e-4)
     assert set(d[d.is_y0].cls) == {cfg["train"]["single"]["class"]}
     gain = summary.psnr_gain(d)
-    assert len(gain) == 12 and (gain.n == n_test).all()
+    assert len(gain) == 2 * 9 and (gain.n == n_test).all()
+    assert files.load_json(tmp / "refs.json")["g_infinity_db"] > 0
 
 
 def test_density_stage_and_summary(trained):
@@ -61,5 +74,6 @@ def test_density_stage_and_summary(trained):
     cfg["analysis"].update(kl_n_sigmas=3, kl_max_pairs=2)
     analysis.density(cfg, tmp / "models/conditional/model.pt", tmp / "phi.npz", tmp / "data", tmp / "d.csv", "cpu")
     d = pd.read_csv(tmp / "d.csv")
-    assert len(d) == 2 and np.allclose(d.sym_kl, d.kl_ab + d.kl_ba, rtol=1e-4) and (d.sym_kl_diff_form >= 0).all()
+    assert len(d) == 2 and {"sym_kl", "sym_kl_half_min", "sym_kl_double_min", "sym_kl_diff_form"} <= set(d.columns)
+    assert (d[["sym_kl", "sym_kl_half_min", "sym_kl_double_min"]].nunique(axis=1) == 3).all(), "three grid starts"
     assert (d.centroid_sqdist > 0).all()

@@ -24,7 +24,8 @@ SMOKE = ["--configfile", "config/smoke.yaml"]
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    """Run in a copy of the repository with that copy's library on the path (not the installed one)."""
+    proc = subprocess.run(cmd, cwd=cwd, env=dict(ENV, PYTHONPATH=str(Path(cwd) / "src")), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -184,15 +185,19 @@ def test_editing_the_training_loop_reruns_only_training_and_what_reads_models(sm
 
 
 def test_adding_a_sample_set_or_a_figure_reruns_nothing_that_exists(smoke_copy):
-    with open(smoke_copy / "src/fgsd/stages.py", "a") as f:
-        f.write('\nSAMPLE_SETS["mixture_again"] = SampleSet("set_mixture", 99, "mixture", ("per_class",))\n'
-                'FIGURES["fig99_dummy"] = Figure("figures", {"sweep": SWEEP}, caption="a new figure")\n')
+    table = smoke_copy / "src/fgsd/stages.py"
+    text = table.read_text()  # one new line in each table, as a user adds a set and a figure
+    for head, line in (("SAMPLE_SETS = {", '    "mixture_again": SampleSet("set_mixture", 99, "mixture", ("per_class",)),'),
+                       ("FIGURES = {", '    "fig99_dummy": Figure("figures", {"sweep": SWEEP}, caption="a new figure"),')):
+        start = text.index(head)
+        end = text.index("\n", start) + 1
+        text = text[:end] + line + "\n" + text[end:]
+    table.write_text(text)
     # the new jobs, and the two tables that gather every job's output (samples.csv, provenance.csv)
     assert planned_jobs(smoke_copy, SMOKE) == {"sample": 1, "evaluate": 1, "figure": 1, "sample_metrics": 1,
                                                "provenance": 1, "all": 1}
     # editing an existing set's row re-runs that set (its row is a param of its jobs), no other set
-    text = (smoke_copy / "src/fgsd/stages.py").read_text().replace('SampleSet("set_mixing", 3,', 'SampleSet("set_mixing", 33,')
-    (smoke_copy / "src/fgsd/stages.py").write_text(text)
+    table.write_text(table.read_text().replace('SampleSet("set_mixing", 3,', 'SampleSet("set_mixing", 33,'))
     jobs = planned_jobs(smoke_copy, SMOKE)
     assert jobs["sample"] == 2 and jobs["evaluate"] == 2
 

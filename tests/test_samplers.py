@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fgsd import samplers
+from fgsd import kl, samplers
 from fgsd.errors import FgsdError
 
 D = 8
@@ -27,16 +27,7 @@ def target():
 
 
 def exact_denoiser(mean, cov):
-    eye = torch.eye(D, dtype=cov.dtype)
-
-    def denoise(y, sigma, rows=None):
-        out = torch.empty_like(y)
-        for s in torch.unique(sigma):
-            rows = sigma == s
-            gain = cov @ torch.linalg.inv(cov + float(s) ** 2 * eye)
-            out[rows] = mean + (y[rows] - mean) @ gain.T
-        return out
-    return denoise
+    return kl.gaussian_denoiser(mean, cov)  # the MMSE denoiser of N(mean, cov) at each row's sigma
 
 
 def assert_matches(x, mean, cov, mean_tol, cov_tol):

@@ -142,3 +142,45 @@ def test_killed_process_resumes_to_the_same_weights(prepared, tmp_path):
     subprocess.run(cmd("killed", "state"), env=env, check=True, stderr=subprocess.DEVNULL)
     subprocess.run(cmd("clean", "state2"), env=env, check=True, stderr=subprocess.DEVNULL)
     assert _same_weights(tmp / "killed" / "model.pt", tmp / "clean" / "model.pt")
+
+
+def test_learning_rate_schedules():
+    t = dict(lr=1e-3, lr_schedule="step", lr_decay_every=300, lr_decay_factor=0.5)
+    assert [train.learning_rate(t, s, 1500) for s in (0, 299, 300, 900)] == [1e-3, 1e-3, 5e-4, 1.25e-4]
+    t["lr_schedule"] = "cosine"
+    assert train.learning_rate(t, 0, 1000) == 1e-3
+    assert train.learning_rate(t, 500, 1000) == pytest.approx(5e-4)
+    assert train.learning_rate(t, 999, 1000) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 0.999)))
+
+
+def test_ema_follows_the_moving_average():
+    net, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        ema.weight.fill_(0.0), ema.bias.fill_(0.0), net.weight.fill_(1.0), net.bias.fill_(2.0)
+    for _ in range(3):
+        train.ema_update(ema, net, 0.9)
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 1 - 0.9 ** 3))
+    torch.testing.assert_close(ema.bias, torch.full((1,), 2 * (1 - 0.9 ** 3)))
+
+
+def test_loss_weights_and_sigma_law():
+    from fgsd import denoisers
+    s = torch.tensor([0.01, 0.25, 1.0])
+    assert denoisers.loss_weight(s, "none", 0.25) == 1.0
+    torch.testing.assert_close(denoisers.loss_weight(s, "edm", 0.25), (s ** 2 + 0.0625) / (s * 0.25) ** 2)
+    a, b = denoisers.draw_sigma(1000, generator(0)), denoisers.draw_sigma(1000, generator(0), 3.0)
+    torch.testing.assert_close(b, 3 * a)
+    assert a.max() <= 1 and float((a < 0.01).float().mean()) == pytest.approx(0.1, abs=0.03)  # P(u < 0.1)
+
+
+def test_training_with_ema_resumes_to_the_same_weights(prepared):
+    cfg, tmp = prepared
+    cfg["train"].update(ema=0.9, lr_schedule="cosine", loss_weight="edm", sigma_max=2.0)
+    train_into(cfg, "mixture", tmp / "data", tmp / "full", tmp / "state_a")
+    with pytest.raises(train.Interrupted):
+        train_into(cfg, "mixture", tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
+    train_into(cfg, "mixture", tmp / "data", tmp / "resumed", tmp / "state_b")
+    assert _same_weights(tmp / "full" / "model.pt", tmp / "resumed" / "model.pt")
+    cfg["train"]["ema"] = 0.0
+    train_into(cfg, "mixture", tmp / "data", tmp / "raw", tmp / "state_c")
+    assert not _same_weights(tmp / "full" / "model.pt", tmp / "raw" / "model.pt"), "the EMA weights are saved"

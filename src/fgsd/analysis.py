@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import checkpoints, files, kl, network
+from . import checkpoints, files, kl, network, references
 from .data import epoch_plan, load_split
 from .denoisers import class_centroid, unet
 from .runtime import generator, resolve_device, to_float
@@ -36,8 +36,10 @@ def _tile(cond: dict, n: int, device) -> dict:
 
 @torch.no_grad()
 def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str | Path, data: str | Path,
-          table: str | Path, device="auto") -> None:
-    """Output PSNR of every test crop at every sigma, for each denoiser and conditioning."""
+          table: str | Path, references_json: str | Path, device="auto") -> None:
+    """Output PSNR of every test crop at every sigma, for each denoiser and conditioning, beside
+    the reference denoisers that need no training (`references.py`, fitted to the training
+    crops; model names trivial-mean, gaussian-mixture, gaussian-class). references_json: G∞."""
     a, seed, dev = cfg["analysis"], cfg["seed"], resolve_device(device)
     test, train = load_split(data, "test"), load_split(data, "train")
     classes = [str(c) for c in test["classes"]]
@@ -61,6 +63,11 @@ def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str |
         ("mixture", "none"): lambda y, i: models["mixture"](y),
         ("single", "none"): lambda y, i: models["single"](y),
     }
+    x_train, l_train = to_float(train["images"]), torch.from_numpy(train["labels"])
+    gauss = references.StationaryGaussians(x_train, l_train)
+    refs = {("trivial-mean", "none"): references.trivial(),
+            ("gaussian-mixture", "none"): references.gaussian_mixture(gauss),
+            ("gaussian-class", "class"): references.gaussian_class(gauss, labels)}
     rows = []
     for j, s in enumerate(cfg["sigmas"]):
         z = torch.randn(x.shape, generator=generator(seed, 22, j))
@@ -69,13 +76,19 @@ def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str |
             clean = x[i].to(dev)
             noisy = clean + s * z[i].to(dev)
             p_in = network.psnr(noisy, clean).cpu()
-            for (model, conditioning), f in denoisers.items():
-                p_out = network.psnr(f(noisy, i), clean).cpu()
+            outputs = {key: f(noisy, i) for key, f in denoisers.items()}
+            level = torch.full((len(i),), float(s))
+            outputs.update({key: f(noisy.cpu(), level, i).to(dev) for key, f in refs.items()})
+            for (model, conditioning), out in outputs.items():
+                p_out = network.psnr(out, clean).cpu()
                 rows += [dict(model=model, conditioning=conditioning, cls=classes[int(labels[k])],
                               is_y0=int(labels[k]) == y0, sigma=s, image=int(k), input_psnr=float(pi),
                               output_psnr=float(po)) for k, pi, po in zip(i.tolist(), p_in, p_out)]
         log.info("sigma %.4g done", s)
     files.save_csv(table, pd.DataFrame(rows))
+    g_inf = references.g_infinity(x_train, l_train)
+    log.info("G_inf (class-known minus class-blind MMSE gain as sigma -> inf): %.2f dB", g_inf)
+    files.save_json(references_json, dict(g_infinity_db=g_inf, n_train=len(x_train), n_classes=len(gauss.classes)))
 
 
 def separation(phi_mixture: str | Path, phi_conditional: str | Path, table: str | Path) -> None:
@@ -101,7 +114,9 @@ def separation(phi_mixture: str | Path, phi_conditional: str | Path, table: str 
 def density(cfg: dict, model: str | Path, phi: str | Path, data: str | Path, table: str | Path,
             device="auto") -> None:
     """Symmetrised KL-through-denoisers between class pairs, with the conditional denoiser
-    conditioned on the correct vs the wrong class centroid, against ||phi_y - phi_y'||²."""
+    conditioned on the correct vs the wrong class centroid, against ||phi_y - phi_y'||². The
+    integrand is also evaluated at kl_sigma_min / 2 and 2 kl_sigma_min, so each pair's KL is
+    reported with the grid starting there too: how much the number rests on its lowest sigma."""
     a, seed, dev = cfg["analysis"], cfg["seed"], resolve_device(device)
     net, _ = checkpoints.load(model, network.UNet, ("conditional",), dev)
     test, train = load_split(data, "test"), load_split(data, "train")
@@ -109,7 +124,12 @@ def density(cfg: dict, model: str | Path, phi: str | Path, data: str | Path, tab
     centroids = class_centroids(net, to_float(train["images"]), torch.from_numpy(train["labels"]), dev)
     feats = files.load_npz(phi)
     phi_c = {int(c): feats["centroids_train"][k] for k, c in enumerate(feats["centroid_labels_train"])}
-    sigmas = kl.log_grid(a["kl_sigma_min"], a["kl_sigma_max"], a["kl_n_sigmas"])
+    grid = kl.log_grid(a["kl_sigma_min"], a["kl_sigma_max"], a["kl_n_sigmas"])
+    lo = a["kl_sigma_min"]
+    sigmas = np.unique(np.concatenate([grid, [lo / 2, 2 * lo]]))
+    on_grid = np.isin(sigmas, grid)
+    spans = {"": on_grid, "_half_min": on_grid | (sigmas == lo / 2),
+             "_double_min": (on_grid & (sigmas >= 2 * lo)) | (sigmas == 2 * lo)}
     pairs = list(itertools.combinations(sorted(centroids), 2))
     if len(pairs) > a["kl_max_pairs"]:
         keep = np.random.default_rng(seed).choice(len(pairs), a["kl_max_pairs"], replace=False)
@@ -119,11 +139,14 @@ def density(cfg: dict, model: str | Path, phi: str | Path, data: str | Path, tab
     rows = []
     for ya, yb in pairs:
         g = generator(seed, 30, ya, yb)
-        kl_ab, sq_ab, _ = kl.kl_divergence(x[labels == ya], denoiser(ya), denoiser(yb), sigmas, a["kl_n_noise"], g)
-        kl_ba, sq_ba, _ = kl.kl_divergence(x[labels == yb], denoiser(yb), denoiser(ya), sigmas, a["kl_n_noise"], g)
-        rows.append(dict(cls_a=str(test["classes"][ya]), cls_b=str(test["classes"][yb]), kl_ab=kl_ab, kl_ba=kl_ba,
-                         sym_kl=kl_ab + kl_ba, sym_kl_diff_form=sq_ab + sq_ba,
-                         centroid_sqdist=float(((phi_c[ya] - phi_c[yb]) ** 2).sum()),
+        _, _, gap_ab = kl.kl_divergence(x[labels == ya], denoiser(ya), denoiser(yb), sigmas, a["kl_n_noise"], g)
+        _, _, gap_ba = kl.kl_divergence(x[labels == yb], denoiser(yb), denoiser(ya), sigmas, a["kl_n_noise"], g)
+        row = dict(cls_a=str(test["classes"][ya]), cls_b=str(test["classes"][yb]),
+                   kl_ab=kl.integrate(grid, gap_ab[on_grid, 0]), kl_ba=kl.integrate(grid, gap_ba[on_grid, 0]))
+        for suffix, keep in spans.items():
+            row[f"sym_kl{suffix}"] = kl.integrate(sigmas[keep], gap_ab[keep, 0] + gap_ba[keep, 0])
+        row["sym_kl_diff_form"] = kl.integrate(grid, gap_ab[on_grid, 1] + gap_ba[on_grid, 1])
+        rows.append(dict(row, centroid_sqdist=float(((phi_c[ya] - phi_c[yb]) ** 2).sum()),
                          n_a=int((labels == ya).sum()), n_b=int((labels == yb).sum())))
         log.info("%s vs %s: symmetric KL %.4g", rows[-1]["cls_a"], rows[-1]["cls_b"], rows[-1]["sym_kl"])
     files.save_csv(table, pd.DataFrame(rows))

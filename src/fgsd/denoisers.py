@@ -22,18 +22,31 @@ class Denoiser(Protocol):
 
 
 # --- training objective (METHOD.md §2.4, §5) ------------------------------------------------------
-def draw_sigma(n: int, g: torch.Generator) -> torch.Tensor:
-    """sigma = u^2, u ~ U(0, 1): the authors' training noise law (more weight at low noise)."""
-    return torch.rand(n, generator=g) ** 2
+def draw_sigma(n: int, g: torch.Generator, sigma_max: float = 1.0) -> torch.Tensor:
+    """sigma = sigma_max u^2, u ~ U(0, 1): the authors' training noise law (sigma_max = 1; more
+    weight at low noise)."""
+    return sigma_max * torch.rand(n, generator=g) ** 2
 
 
-def denoising_loss(model, clean: torch.Tensor, cond, g: torch.Generator) -> torch.Tensor:
-    """L = E ||f(x + sigma z, phi(x')) - x||^2, summed over pixels, averaged over the batch.
-    sigma and z come from `g` (drawn on the CPU: the same numbers on every device)."""
-    sigma = draw_sigma(len(clean), g)
+def loss_weight(sigma: torch.Tensor, kind: str, sigma_data: float) -> torch.Tensor | float:
+    """Per-sample weight of the squared error: 1 (the paper's plain loss), or EDM's
+    (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, which makes every noise level's expected
+    loss about equal (low-noise samples would otherwise barely count)."""
+    if kind == "none":
+        return 1.0
+    return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data).clamp_min(1e-12) ** 2
+
+
+def denoising_loss(model, clean: torch.Tensor, cond, g: torch.Generator, sigma_max: float = 1.0,
+                   weight: str = "none", sigma_data: float = 0.25) -> torch.Tensor:
+    """L = E w(sigma) ||f(x + sigma z, phi(x')) - x||^2, summed over pixels, averaged over the
+    batch. sigma and z come from `g` (drawn on the CPU: the same numbers on every device)."""
+    sigma = draw_sigma(len(clean), g, sigma_max)
     noise = torch.randn(clean.shape, generator=g)
     noisy = clean + sigma.view(-1, 1, 1, 1).to(clean.device) * noise.to(clean.device)
-    return (model(noisy, cond) - clean).pow(2).flatten(1).sum(1).mean()
+    err = (model(noisy, cond) - clean).pow(2).flatten(1).sum(1)
+    w = loss_weight(sigma, weight, sigma_data)
+    return (err if weight == "none" else err * w.to(err.device)).mean()
 
 
 # --- the UNet behind the interface -------------------------------------------------------------------

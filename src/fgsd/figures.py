@@ -21,6 +21,7 @@ from .network import UNet
 from .runtime import generator, to_float
 
 COLORS = {"conditional": "#1f77b4", "mixture": "#ff7f0e", "single": "#2ca02c"}
+REFERENCE_STYLE = {"trivial-mean": ":", "gaussian-mixture": "--", "gaussian-class": "-."}
 
 
 def style() -> None:
@@ -103,6 +104,11 @@ def fig3_psnr_gain(cfg, sweep, pdf, png) -> None:
                  hue_order=["conditional (correct exemplar)", "mixture"], **kw)
     sns.lineplot(right, hue="denoiser", style="images", ax=ax[1],
                  palette=[COLORS["conditional"], COLORS["single"]], **kw)
+    refs = d[d.model.isin(summary.REFERENCES)].groupby(["model", "noise_db"]).gain.mean()
+    for name, style in REFERENCE_STYLE.items():  # the untrained references (summary.REFERENCES)
+        if name in refs.index.get_level_values(0):
+            ax[0].plot(refs[name].index, refs[name].values, color="0.35", lw=1, ls=style, label=f"{name} (no training)")
+    ax[0].legend(fontsize=7)
     for a in ax:
         a.set_xlabel("input PSNR (dB) = -20 log10 σ")
     ax[0].set_ylabel("output PSNR - input PSNR (dB)")

@@ -43,8 +43,9 @@ class Stage:
 
 STAGES = {
     "data": Stage("data", "prepare", ("seed", "data")),
-    "train": Stage("train", "train", ("seed", "device", "model", "train.batch_size", "train.lr",
-                                      "train.lr_decay_every", "train.lr_decay_factor", "train.checkpoint_every",
+    "train": Stage("train", "train", ("seed", "device", "model", "train.batch_size", "train.lr", "train.lr_schedule",
+                                      "train.lr_decay_every", "train.lr_decay_factor", "train.ema", "train.sigma_max",
+                                      "train.loss_weight", "train.sigma_data", "train.checkpoint_every",
                                       "train.eval_every", "train.eval_crops_per_class", "sigmas"), named=True),
     "centroids": Stage("centroids", "compute", ("device", "features")),
     "sweep": Stage("analysis", "sweep", ("seed", "device", "sigmas", "analysis.batch_size", "train.single.class")),
@@ -134,7 +135,10 @@ FIGURES = {
         "figures", {"sweep": SWEEP}, keys=("seed", "train.single.class"),
         caption="**Fig 3: denoising gain vs noise level.** Output PSNR minus input PSNR (dB) against input PSNR "
         "(-20 log10 σ), averaged over the test crops of every class, with 95 % bootstrap bands. Left: the "
-        "conditional model conditioned on another crop of the same class vs the mixture model. Right: the "
+        "conditional model conditioned on another crop of the same class vs the mixture model, and (grey) three "
+        "denoisers that need no training, fitted to the training crops and given the true σ: the noisy crop's "
+        "mean, the exact MMSE denoiser of a mixture of stationary Gaussian classes (class unknown), and the "
+        "Wiener denoiser of the crop's own class (class known). Right: the "
         "conditional model conditioned on class y0 (its centroid) vs a denoiser trained on y0 only, on crops of y0 "
         "(correct) and of the other classes (incorrect conditioning / wrong class)."),
     "fig4_separation": Figure(

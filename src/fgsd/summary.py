@@ -23,8 +23,52 @@ def correlations(density_df: pd.DataFrame, column: str = "sym_kl") -> dict:
                 n_negative=int((y < 0).sum()))
 
 
-def summary(sweep: str | Path, separation: str | Path, density: str | Path, set_metrics: str,
-            classifier_metrics: str | Path, summary_json: str | Path, gain: str | Path) -> None:
+REFERENCES = ("trivial-mean", "gaussian-mixture", "gaussian-class")  # model names of the untrained denoisers
+
+
+def psnr_table(sw: pd.DataFrame) -> dict:
+    """Mean output PSNR per denoiser and sigma, the references and the input beside the models."""
+    keep = sw[sw.conditioning.isin(["none", "exemplar", "class"])]
+    means = keep.groupby(["model", "sigma"]).output_psnr.mean()
+    out = {m: {f"{s:.4g}": float(v) for s, v in means[m].items()} for m in means.index.levels[0]}
+    out["input"] = {f"{s:.4g}": float(v) for s, v in sw.groupby("sigma").input_psnr.mean().items()}
+    return out
+
+
+def class_worth(sw: pd.DataFrame) -> dict:
+    """What knowing the class is worth (dB) at each sigma, three ways: the conditional model over
+    the mixture model (all test crops); the exact Gaussian references (class-known over
+    class-blind); the single-class oracle over the mixture model on y0's crops."""
+    def mean(model, conditioning, y0_only=False):
+        d = sw[(sw.model == model) & (sw.conditioning == conditioning)]
+        return (d[d.is_y0] if y0_only else d).groupby("sigma").output_psnr.mean()
+    pairs = {"conditional_minus_mixture": mean("conditional", "exemplar") - mean("mixture", "none"),
+             "gaussian_class_minus_mixture": mean("gaussian-class", "class") - mean("gaussian-mixture", "none"),
+             "oracle_single_minus_mixture_on_y0": mean("single", "none", True) - mean("mixture", "none", True)}
+    return {k: {f"{s:.4g}": float(v) for s, v in d.items()} for k, d in pairs.items()}
+
+
+def below_references(table: dict, model: str) -> list[str]:
+    """The sigmas at which `model` is beaten by a reference denoiser, or by its own input."""
+    return [s for s, v in table[model].items()
+            if v < max(table[r][s] for r in REFERENCES) or (float(s) >= 0.01 and v < table["input"][s])]
+
+
+def separation_extremes(sep: pd.DataFrame) -> dict:
+    """Per model and layer: the smallest pair separation ratio, its pair, and every merged pair
+    (ratio <= 1: two classes' clouds no further apart than they are wide). Medians hide these."""
+    out = {}
+    for (model, layer), d in sep.groupby(["model", "layer"], sort=False):
+        worst = d.loc[d.ratio.idxmin()]
+        merged = d[d.ratio <= 1]
+        out.setdefault(model, {})[layer] = dict(min_ratio=float(worst.ratio), min_pair=[worst.cls_a, worst.cls_b],
+                                                n_merged=len(merged), merged=[[a, b] for a, b in zip(merged.cls_a, merged.cls_b)],
+                                                n_pairs=len(d))
+    return out
+
+
+def summary(sweep: str | Path, separation: str | Path, density: str | Path, references_json: str | Path,
+            set_metrics: str, classifier_metrics: str | Path, summary_json: str | Path, gain: str | Path) -> None:
     """summary.json: the headline numbers, each with its counts; psnr_gain.csv: the Fig 3 curves.
     set_metrics: the evaluation groups' metric files the sample-quality headline quotes
     (stages.HEADLINE_GROUPS), comma-separated."""
@@ -37,12 +81,20 @@ def summary(sweep: str | Path, separation: str | Path, density: str | Path, set_
     sep = files.load_csv(separation)
     ratios = sep.groupby(["model", "layer"]).ratio.median()
     dens = files.load_csv(density)
+    table = psnr_table(sw)
     out = dict(
         psnr_gain_conditional_minus_mixture_db=cond_gain,
         psnr_n_test_images=int(sw.image.nunique()),
+        output_psnr_db=table,
+        class_worth_db=class_worth(sw),
+        g_infinity_db=files.load_json(references_json)["g_infinity_db"],
+        sigmas_where_below_a_reference={m: below_references(table, m) for m in ("mixture", "conditional")},
         separation_median_ratio={m: {k: float(ratios[m, k]) for k in ratios[m].index} for m in ratios.index.levels[0]},
+        separation_extremes=separation_extremes(sep),
         density_vs_centroid_distance=correlations(dens),
         density_diff_form_vs_centroid_distance=correlations(dens, "sym_kl_diff_form"),
+        density_grid_start_sensitivity={f"kl_sigma_min{k}": correlations(dens, f"sym_kl{k}")
+                                        for k in ("_half_min", "_double_min")},
         sample_quality=samples.headline(samples.read_metrics(set_metrics.split(","))),
         classifier={k: v for k, v in files.load_json(classifier_metrics).items() if k != "per_class_accuracy"},
     )

@@ -2,6 +2,9 @@
 
     L = E ||f(x + sigma z, phi(x')) - x||^2,  sigma = u^2, u ~ U(0,1)   (sum over pixels, mean over batch)
 
+(the paper's loss; `train.sigma_max`, `train.loss_weight`, `train.lr_schedule` and `train.ema`
+select the alternatives that `benchmarks/train_study.py` compares.)
+
 x' is another clean training crop of the same class, re-paired every epoch, and gradients flow
 through its stream. Everything random is a pure function of (seed, step): the batch order and
 pairing of an epoch and the noise of a step. A run resumed from its last saved state therefore
@@ -9,7 +12,9 @@ ends with exactly the weights of an uninterrupted run.
 """
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -46,7 +51,21 @@ def select_classes(split: dict, kind: str, single_class: str) -> tuple[dict, lis
     return {**split, "images": split["images"][keep], "labels": split["labels"][keep]}, classes
 
 
-class Evaluator:
+def learning_rate(t: dict, step: int, steps: int) -> float:
+    """The learning rate of `step`: the authors' step decay, or a cosine anneal to 0 over the run."""
+    if t["lr_schedule"] == "step":
+        return t["lr"] * t["lr_decay_factor"] ** (step // t["lr_decay_every"])
+    return t["lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net, for every parameter and buffer."""
+    for e, p in zip(ema.state_dict().values(), net.state_dict().values()):
+        e.lerp_(p, 1 - decay) if e.dtype.is_floating_point else e.copy_(p)
+
+
+class HeldOutPSNR:
     """Test PSNR per sigma on fixed crops, noise and (for the conditional model) conditioners."""
 
     def __init__(self, test: dict, sigmas: list[float], per_class: int, seed: int, device):
@@ -98,7 +117,9 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     torch.manual_seed(seed)
     net = network.build(cfg["model"], channels=x.shape[1], conditional=kind == "conditional").to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=t["lr"])
-    evaluate = Evaluator(test_set, cfg["sigmas"], t["eval_crops_per_class"], seed, dev)
+    ema = copy.deepcopy(net) if t["ema"] > 0 else None  # the weights that are evaluated and saved
+    final_net = ema if ema is not None else net
+    test_psnr = HeldOutPSNR(test_set, cfg["sigmas"], t["eval_crops_per_class"], seed, dev)
     tracked = config.select(cfg, stages.stage_keys("train", kind))
     fingerprint = config.digest({"params": tracked, "kind": kind, "data": manifest["sha256"]})
 
@@ -109,6 +130,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
         if saved["fingerprint"] == fingerprint:
             net.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(saved["ema"])
             step, rows, loss_sum, loss_n = saved["step"], saved["rows"], saved["loss_sum"], saved["loss_n"]
             log.info("resuming %s training from step %d (%s)", kind, step, state_path)
         else:
@@ -127,23 +150,27 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             order, partner = epoch_plan(generator(seed, 1, epoch), labels)
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         cond = x[partner[idx]].to(dev) if kind == "conditional" else None
-        loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step))
+        loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step), t["sigma_max"], t["loss_weight"],
+                              t["sigma_data"])
         for group in opt.param_groups:
-            group["lr"] = t["lr"] * t["lr_decay_factor"] ** (step // t["lr_decay_every"])
+            group["lr"] = learning_rate(t, step, steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema_update(ema, net, t["ema"])
         step += 1
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         bar.update(batch)
         bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
         if step % t["eval_every"] == 0 or step == steps:
             rows.append(dict(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"],
-                             train_loss=loss_sum / loss_n, **evaluate(net)))
+                             train_loss=loss_sum / loss_n, **test_psnr(final_net)))
             loss_sum, loss_n = 0.0, 0
             log.info("step %d  loss %.4g  test PSNR %.2f dB", step, rows[-1]["train_loss"], rows[-1]["psnr_mean"])
         if step % t["checkpoint_every"] == 0 and step < steps:
             files.save_torch(state_path, dict(step=step, model=net.state_dict(), optimizer=opt.state_dict(),
+                                              ema=ema.state_dict() if ema is not None else None,
                                               rows=rows, loss_sum=loss_sum, loss_n=loss_n, fingerprint=fingerprint))
             if interrupt_after is not None and step >= interrupt_after:
                 raise Interrupted(f"interrupted after step {step}")
@@ -152,13 +179,13 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
 
     meta = dict(classes=classes, train_classes=sorted({classes[i] for i in labels.tolist()}),
                 image_shape=list(x.shape[1:]))
-    checkpoints.save(model, kind, net, **meta)
+    checkpoints.save(model, kind, final_net, **meta)
     files.save_csv(train_log, pd.DataFrame(rows))
     final = {k: v for k, v in rows[-1].items() if k.startswith("psnr")}
     files.save_json(config_json, dict(kind=kind, model_config=net.config, **meta, params=tracked,
                                       n_params=network.n_params(net), data_sha256=manifest["sha256"],
                                       steps_per_epoch=per_epoch))
     files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
-                                  test_psnr=final, n_test=len(evaluate.clean)))
+                                  test_psnr=final, n_test=len(test_psnr.clean)))
     state_path.unlink(missing_ok=True)
     return final

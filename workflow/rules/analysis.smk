@@ -5,6 +5,7 @@ rule sweep:
         code=code("sweep"),
     output:
         table=stages.SWEEP,
+        references_json="results/analysis/references.json",
         prov="results/provenance/sweep.json",
     params:
         tracked=tracked("sweep"),
@@ -70,6 +71,7 @@ rule summary:
         sweep=stages.SWEEP,
         separation=stages.SEPARATION,
         density=stages.DENSITY,
+        references_json="results/analysis/references.json",
         set_metrics=list(stages.set_metrics(*stages.HEADLINE_GROUPS).values()),
         classifier_metrics="results/models/classifier/metrics.json",
         code=code("summary"),

@@ -1,0 +1,101 @@
+"""What buys the most denoising per CPU-minute? Trains the mixture model of a preset under several
+training recipes at the same step budget and reports, per recipe, wall time and test PSNR per
+noise level beside the reference denoisers that need no training (fgsd.references).
+
+    .venv/bin/python benchmarks/train_study.py --data results/data/pip-textures --steps 1500
+      -> benchmarks/out/train_study.csv (one row per recipe and sigma)
+
+Measurements, not assertions: CPU speed differs between machines, so compare recipes within one
+run. The recipes are overlays on params.yaml (`--params` adds preset files before them).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from fgsd import checkpoints, config, network, references, train  # noqa: E402
+from fgsd.data import load_split  # noqa: E402
+from fgsd.runtime import generator, to_float  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+SIGMAS = (0.00392, 0.0135, 0.0464, 0.16, 0.296, 0.55, 1.0, 2.0, 3.0)
+RECIPES = {  # name -> overrides of the train / model sections
+    "paper (step decay)": {},
+    "cosine": {"train": {"lr_schedule": "cosine"}},
+    "cosine + ema": {"train": {"lr_schedule": "cosine", "ema": 0.995}},
+    "cosine + edm weight": {"train": {"lr_schedule": "cosine", "loss_weight": "edm"}},
+    "cosine + sigma_max 3": {"train": {"lr_schedule": "cosine", "sigma_max": 3.0}},
+    "cosine + clean output": {"train": {"lr_schedule": "cosine"}, "model": {"residual": False}},
+    "cosine + bias-free": {"train": {"lr_schedule": "cosine"}, "model": {"bias": False, "upsample_bias": False}},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) else v
+    return out
+
+
+@torch.no_grad()
+def test_psnr(denoise, x: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[float, float]:
+    out = {}
+    for j, s in enumerate(SIGMAS):
+        y = x + s * torch.randn(x.shape, generator=generator(seed, 90, j))
+        out[s] = float(network.psnr(denoise(y, torch.full((len(y),), s), torch.arange(len(y))), x).mean())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="results/data/pip-textures", help="a data stage's output directory")
+    ap.add_argument("--params", nargs="*", default=[], help="preset overlays on params.yaml")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="a subset of the recipes")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    base = config.load([ROOT / "params.yaml", *a.params])
+    base["device"] = "cpu"
+    base["train"].update(eval_every=a.steps, checkpoint_every=10 * a.steps)
+    tr, te = load_split(a.data, "train"), load_split(a.data, "test")
+    x, xl = to_float(tr["images"]), torch.from_numpy(tr["labels"])
+    xt, lt = to_float(te["images"]), torch.from_numpy(te["labels"])
+    gauss = references.StationaryGaussians(x, xl)
+    rows = []
+    for name, den in (("reference: trivial-mean", references.trivial()),
+                      ("reference: gaussian-mixture", references.gaussian_mixture(gauss)),
+                      ("reference: gaussian-class", references.gaussian_class(gauss, lt))):
+        rows += [dict(recipe=name, steps=0, seconds=0.0, sigma=s, psnr=p) for s, p in test_psnr(den, xt, lt, 0).items()]
+    for name in a.recipes:
+        cfg = merge(base, RECIPES[name])
+        cfg["train"]["mixture"]["steps"] = a.steps
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            t0 = time.perf_counter()
+            train.train(cfg, "mixture", a.data, model=out / "model.pt", train_log=out / "log.csv",
+                        config_json=out / "config.json", metrics=out / "metrics.json", state=out / "state")
+            seconds = time.perf_counter() - t0
+            net, _ = checkpoints.load(out / "model.pt", network.UNet, ("mixture",))
+        psnr = test_psnr(lambda y, s, r: net(y), xt, lt, 0)
+        rows += [dict(recipe=name, steps=a.steps, seconds=seconds, sigma=s, psnr=p) for s, p in psnr.items()]
+        print(f"{name:28s} {seconds:6.0f} s  " + "  ".join(f"{s:g}:{p:5.2f}" for s, p in psnr.items()), flush=True)
+    frame = pd.DataFrame(rows)
+    frame["input_psnr"] = [float(network.psnr(xt + s * torch.randn(xt.shape, generator=generator(0, 90, SIGMAS.index(s))),
+                                              xt).mean()) for s in frame.sigma]
+    OUT.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(OUT / "train_study.csv", index=False, float_format="%.4g")
+    print(frame.pivot_table(index="recipe", columns="sigma", values="psnr", sort=False).round(2).to_string())
+
+
+if __name__ == "__main__":
+    main()
