@@ -34,7 +34,10 @@ RECIPES = {  # name -> overrides of the train / model sections
     "cosine + ema": {"train": {"lr_schedule": "cosine", "ema": 0.995}},
     "cosine + edm weight": {"train": {"lr_schedule": "cosine", "loss_weight": "edm"}},
     "cosine + sigma_max 3": {"train": {"lr_schedule": "cosine", "sigma_max": 3.0}},
-    "cosine + clean output": {"train": {"lr_schedule": "cosine"}, "model": {"residual": False}},
+    "cosine + clean output": {"train": {"lr_schedule": "cosine"}, "model": {"output": "clean"}},
+    "cosine + gated output": {"train": {"lr_schedule": "cosine"}, "model": {"output": "gated"}},
+    "cosine + gated + bias-free": {"train": {"lr_schedule": "cosine"}, "model": {"output": "gated", "bias": False,
+                                                                                 "upsample_bias": False}},
     "cosine + bias-free": {"train": {"lr_schedule": "cosine"}, "model": {"bias": False, "upsample_bias": False}},
 }
 

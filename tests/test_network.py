@@ -95,3 +95,19 @@ def test_misuse_is_refused():
 def test_psnr_of_known_error():
     clean = torch.zeros(2, 1, 4, 4)
     assert torch.allclose(network.psnr(clean + 0.1, clean), torch.tensor([20.0, 20.0]))
+
+
+def test_gated_output_blends_the_input_and_the_clean_estimate():
+    """x^ = g y + (1 - g) a: a gate fully open returns the input, a closed one the estimate."""
+    net = UNet(widths=(8, 16, 16, 32), output="gated")
+    y = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        net.final.weight.zero_()
+        net.final.bias.copy_(torch.tensor([0.3, 20.0]))   # a = 0.3 everywhere, gate open
+        torch.testing.assert_close(net(y), y, atol=1e-6, rtol=0)
+        net.final.bias.copy_(torch.tensor([0.3, -20.0]))  # gate closed
+        torch.testing.assert_close(net(y), torch.full_like(y, 0.3), atol=1e-6, rtol=0)
+        net.final.bias.copy_(torch.tensor([0.3, 0.0]))    # half open
+        torch.testing.assert_close(net(y), 0.5 * y + 0.15)
+    with pytest.raises(ValueError, match="unknown output"):
+        UNet(output="noise")

@@ -14,6 +14,9 @@ import torch
 from torch import nn
 
 BLOCKS = ("enc1", "enc2", "enc3", "mid", "dec3", "dec2", "dec1")  # every block with an output
+OUTPUTS = ("residual", "clean", "gated")  # what the last conv predicts: the noise, the clean image, or
+# a clean estimate a and a per-pixel gate g with x^ = g y + (1 - g) a (a learned skip: residual-like at
+# low noise, clean-image-like at high noise, still a function of y alone)
 TAPS = BLOCKS[:6]  # phi layers; dec1 (last decoder block) feeds the output conv and is excluded
 
 
@@ -48,14 +51,16 @@ class UNet(nn.Module):
     every block output (init 1) and matches the means of the blocks listed in `match`."""
 
     def __init__(self, channels=1, widths=(16, 32, 64, 128), enc_convs=(2, 2, 2), mid_convs=3,
-                 dec_convs=(2, 2, 2), residual=True, bias=True, upsample_bias=True,
+                 dec_convs=(2, 2, 2), output="residual", bias=True, upsample_bias=True,
                  conditional=False, match=("mid",)):
         super().__init__()
         k = list(widths)
         self.config = dict(channels=channels, widths=k, enc_convs=list(enc_convs), mid_convs=mid_convs,
-                           dec_convs=list(dec_convs), residual=residual, bias=bias,
+                           dec_convs=list(dec_convs), output=output, bias=bias,
                            upsample_bias=upsample_bias, conditional=conditional, match=list(match))
-        self.residual = residual
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output '{output}'; choose from {OUTPUTS}")
+        self.output = output
         self.enc = nn.ModuleList([conv_stack(channels if b == 0 else k[b - 1], k[b], enc_convs[b], bias,
                                              first_norm=b > 0) for b in range(3)])
         self.pool = nn.AvgPool2d(2, 2)
@@ -63,7 +68,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([nn.ConvTranspose2d(k[b + 1], k[b], 2, stride=2, bias=upsample_bias and b > 0)
                                  for b in range(3)])
         self.dec = nn.ModuleList([conv_stack(2 * k[b], k[b], dec_convs[b] - (b == 0), bias) for b in range(3)])
-        self.final = nn.Conv2d(k[0], channels, 3, padding=1, bias=bias)
+        self.final = nn.Conv2d(k[0], channels * (2 if output == "gated" else 1), 3, padding=1, bias=bias)
         self.widths = dict(zip(BLOCKS, [k[0], k[1], k[2], k[3], k[2], k[1], k[0]]))
         unknown = set(match) - set(BLOCKS)
         if unknown:
@@ -107,7 +112,13 @@ class UNet(nn.Module):
             if upto == name:
                 return None
         out = self.final(h)
-        return x - out if self.residual else out
+        if self.output == "residual":
+            return x - out
+        if self.output == "clean":
+            return out
+        estimate, gate = out.chunk(2, dim=1)  # gated: x^ = g y + (1 - g) a, g = sigmoid(gate) per pixel
+        g = torch.sigmoid(gate)
+        return g * x + (1 - g) * estimate
 
     def block_means(self, x, upto: str | None = None) -> dict[str, torch.Tensor]:
         """Raw channel means of every block of the unmodified network (the conditioner stream)."""
@@ -160,7 +171,7 @@ def layer_slices(widths: dict[str, int], layers=TAPS) -> dict[str, slice]:
 def build(model_cfg: dict, channels: int, conditional: bool) -> UNet:
     return UNet(channels=channels, widths=model_cfg["widths"], enc_convs=model_cfg["enc_convs"],
                 mid_convs=model_cfg["mid_convs"], dec_convs=model_cfg["dec_convs"],
-                residual=model_cfg["residual"], bias=model_cfg["bias"],
+                output=model_cfg["output"], bias=model_cfg["bias"],
                 upsample_bias=model_cfg["upsample_bias"], conditional=conditional,
                 match=model_cfg["match"])
 

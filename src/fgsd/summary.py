@@ -27,8 +27,9 @@ REFERENCES = ("trivial-mean", "gaussian-mixture", "gaussian-class")  # model nam
 
 
 def psnr_table(sw: pd.DataFrame) -> dict:
-    """Mean output PSNR per denoiser and sigma, the references and the input beside the models."""
-    keep = sw[sw.conditioning.isin(["none", "exemplar", "class"])]
+    """Mean output PSNR per denoiser and sigma, the references and the input beside the models
+    (the single-class model on its own class's crops only)."""
+    keep = sw[sw.conditioning.isin(["none", "exemplar", "class"]) & ((sw.model != "single") | sw.is_y0)]
     means = keep.groupby(["model", "sigma"]).output_psnr.mean()
     out = {m: {f"{s:.4g}": float(v) for s, v in means[m].items()} for m in means.index.levels[0]}
     out["input"] = {f"{s:.4g}": float(v) for s, v in sw.groupby("sigma").input_psnr.mean().items()}
@@ -49,7 +50,8 @@ def class_worth(sw: pd.DataFrame) -> dict:
 
 
 def below_references(table: dict, model: str) -> list[str]:
-    """The sigmas at which `model` is beaten by a reference denoiser, or by its own input."""
+    """The sigmas at which `model` (judged on all test crops) is beaten by a reference denoiser,
+    or by its own input at sigma >= 0.01."""
     return [s for s, v in table[model].items()
             if v < max(table[r][s] for r in REFERENCES) or (float(s) >= 0.01 and v < table["input"][s])]
 
