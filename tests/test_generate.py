@@ -96,3 +96,23 @@ def test_centroid_exemplars_are_seeded_and_capped(trained):
     assert not torch.equal(a["mid"], c["mid"])
     torch.testing.assert_close(denoisers.class_centroid(model, crops, "cpu", 0, [0]),
                                denoisers.class_centroid(model, crops, "cpu", 99, [0]))
+
+
+class Offset(torch.nn.Module):
+    """A 'denoiser' that adds a constant: its sigma-hat on any image is exactly that constant."""
+    match = ()
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, y, cond=None):
+        return y + self.c
+
+
+def test_samplers_stop_at_the_networks_own_error_floor():
+    clean = torch.rand(10, 1, 8, 8)
+    assert generate.stop_level(Offset(0.02), clean, 0.01, 1.25, 1.0, "cpu") == pytest.approx(0.025)
+    assert generate.stop_level(Offset(0.002), clean, 0.01, 1.25, 1.0, "cpu") == 0.01, "never below sigma_final"
+    assert generate.stop_level(Offset(0.02), clean, 0.01, 0.0, 1.0, "cpu") == 0.01, "factor 0: sigma_final only"
+    assert generate.stop_level(Offset(0.9), clean, 0.01, 1.25, 1.0, "cpu") == 0.5, "at most half of sigma0"

@@ -33,6 +33,24 @@ from .runtime import resolve_device, to_float, to_uint8
 log = logging.getLogger("fgsd")
 
 
+@torch.no_grad()
+def stop_level(net, clean: torch.Tensor, sigma_final: float, factor: float, sigma0: float, device) -> float:
+    """Where the samplers stop: max(sigma_final, factor x the median sigma-hat the network reads
+    on clean held-out crops, ||x^(x) - x|| / sqrt(D)). Below that level the blind sampler's noise
+    estimate measures the network's own error, not noise left in the sample, so a sample that
+    goes on can only stop somewhere unlike real data. The conditional model is conditioned on
+    each crop itself (an exemplar of its class)."""
+    if factor == 0:
+        return sigma_final
+    res = []
+    for i in range(0, len(clean), 256):
+        x = clean[i:i + 256].to(device)
+        out = net(x, x if net.match else None)
+        res.append(((out - x).flatten(1).norm(dim=1) / x[0].numel() ** 0.5).cpu())
+    level = factor * float(torch.cat(res).median())
+    return min(max(sigma_final, level), 0.5 * sigma0)
+
+
 class Context:
     """What every set needs: params, data, models, the sampler settings and the init mean."""
 
@@ -46,10 +64,16 @@ class Context:
         self.shape = tuple(x.shape[1:])
         self.init_mean = x.mean(dim=(0, 2, 3)).view(-1, 1, 1)  # per channel, as in [C']
         self.model_path = Path(model)
+        self.stop = None  # the samplers' stopping level, set when the model is loaded
 
     def model(self):
-        """The model this set samples from (stages.SAMPLE_SETS names its kind)."""
+        """The model this set samples from (stages.SAMPLE_SETS names its kind); also sets the
+        samplers' stopping level from it."""
         net, _ = checkpoints.load(self.model_path, UNet, (stages.SAMPLE_SETS[self.name].model,), self.device)
+        self.stop = stop_level(net, to_float(self.test["images"]), self.s["sigma_final"], self.s["stop_factor"],
+                               self.s["sigma0"], self.device)
+        log.info("samplers stop at sigma %.4g (sigma_final %g, stop_factor %g)", self.stop, self.s["sigma_final"],
+                 self.s["stop_factor"])
         return net
 
     def seeds(self, n: int) -> list[int]:
@@ -65,7 +89,7 @@ class Context:
         s = self.s
         bar = tqdm(desc=desc or "coarse-to-fine", unit="step", leave=False)
         out = samplers.coarse_to_fine(
-            denoise, self.shape, seeds, sigma0=s["sigma0"], sigma_final=s["sigma_final"], h0=s["h0"],
+            denoise, self.shape, seeds, sigma0=s["sigma0"], sigma_final=self.stop, h0=s["h0"],
             beta=s["beta"] if beta is None else beta, fixed_h=s["fixed_h"], init_mean=self.init_mean,
             max_steps=s["max_steps"], progress=lambda t, sig: (bar.update(1), bar.set_postfix(sigma=f"{sig:.3f}")))
         bar.close()
@@ -74,9 +98,9 @@ class Context:
         return out.x, out.nfe
 
     def schedule(self, n_steps: int) -> np.ndarray:
-        """DDIM's noise levels from sigma0 down to sigma_final."""
+        """DDIM's noise levels from sigma0 down to the stopping level."""
         s = self.s
-        return samplers.sigma_schedule(s["sigma0"], s["sigma_final"], n_steps, s["ddim_spacing"])
+        return samplers.sigma_schedule(s["sigma0"], self.stop, n_steps, s["ddim_spacing"])
 
     def ddim(self, denoise, seeds, n_steps) -> tuple[torch.Tensor, np.ndarray]:
         latent = samplers.ddim_init(self.shape, seeds, self.s["sigma0"], mean=self.init_mean)

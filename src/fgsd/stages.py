@@ -29,7 +29,8 @@ SWEEP = "results/analysis/sweep.csv"
 SEPARATION = "results/analysis/separation.csv"
 DENSITY = "results/analysis/density.csv"
 CLASSIFIER = "results/models/classifier/model.pt"
-SAMPLER_KEYS = tuple(f"sampling.{k}" for k in ("sigma0", "sigma_final", "h0", "beta", "fixed_h", "max_steps"))
+SAMPLER_KEYS = tuple(f"sampling.{k}" for k in ("sigma0", "sigma_final", "stop_factor", "h0", "beta", "fixed_h",
+                                                "max_steps"))
 
 
 @dataclass(frozen=True)
