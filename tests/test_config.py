@@ -109,3 +109,18 @@ def test_a_stage_sees_only_the_keys_it_declares():
         cfg["sampling"]["per_class"]
     with pytest.raises(FgsdError, match="read params key 'seed'"):
         cfg["seed"]
+
+
+@pytest.mark.parametrize("text,value", [("train:\n  lr: 1e-4\n", 1e-4), ("train:\n  lr: 1E-3\n", 1e-3),
+                                        ("train:\n  lr: 2.5e-4\n", 2.5e-4), ("train:\n  lr: 1.0e-4\n", 1e-4)])
+def test_numbers_as_researchers_write_them(tmp_path, text, value):
+    """YAML 1.1 (PyYAML) reads `1e-4` as a string; the params are read as YAML 1.2 numbers."""
+    assert config.load([BASE, _overlay(tmp_path, text)])["train"]["lr"] == value
+
+
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path):
+    path = _overlay(tmp_path, "train:\n  lr: [0.1\n  batch_size: 3\n")
+    with pytest.raises(FgsdError) as err:
+        config.load([BASE, path])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}:3:") and "not valid YAML" in message

@@ -193,3 +193,12 @@ def test_slerp_endpoints_and_norm():
     torch.testing.assert_close(samplers.slerp(a, b, 1.0), b)
     mid = samplers.slerp(a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True), 0.5)
     torch.testing.assert_close(mid.norm(dim=1), torch.ones(3))
+
+
+def test_samplers_stop_at_the_first_non_finite_value():
+    nan = lambda y, s, r: torch.full_like(y, float("nan"))  # a NaN model
+    with pytest.raises(FgsdError, match="non-finite values at step 1"):
+        c2f(nan, (D,), [0])
+    x0 = samplers.ddim_init((D,), [0], 1.0)
+    with pytest.raises(FgsdError, match="DDIM: the denoiser returned non-finite"):
+        samplers.ddim(nan, x0, samplers.sigma_schedule(1.0, 0.01, 5), eta=0.0, seeds=[0])

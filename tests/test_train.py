@@ -184,3 +184,11 @@ def test_training_with_ema_resumes_to_the_same_weights(prepared):
     cfg["train"]["ema"] = 0.0
     train_into(cfg, "mixture", tmp / "data", tmp / "raw", tmp / "state_c")
     assert not _same_weights(tmp / "full" / "model.pt", tmp / "raw" / "model.pt"), "the EMA weights are saved"
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_no_model(prepared):
+    cfg, tmp = prepared
+    cfg["train"]["lr"] = 1e30
+    with pytest.raises(FgsdError, match=r"training mixture diverged: the loss is (nan|inf) at step \d+ .*lower train.lr"):
+        train_into(cfg, "mixture", tmp / "data", tmp / "m", tmp / "s")
+    assert not (tmp / "m" / "model.pt").exists()

@@ -11,6 +11,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -20,14 +21,44 @@ from .errors import FgsdError
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 
 
+class Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, but numbers as YAML 1.2 reads them: `1e-4` and `1e6` are
+    floats (YAML 1.1 wants `1.0e-4`), as researchers write them and as DVC writes `-S` values."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def coerce_numbers(node):
+    """What `Loader` would have read: strings that are YAML 1.2 numbers become floats (for a
+    config parsed by another YAML reader, e.g. Snakemake's)."""
+    if isinstance(node, dict):
+        return {k: coerce_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [coerce_numbers(v) for v in node]
+    if isinstance(node, str) and _NUMBER.match(node):
+        return float(node)
+    return node
+
+
+_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
 def _read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FgsdError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=Loader) or {}
     except yaml.YAMLError as e:
-        raise FgsdError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise FgsdError(f"{where}: not valid YAML: {what}") from None
     if not isinstance(data, dict):
         raise FgsdError(f"{path}: top level must be a mapping of keys")
     return data
@@ -208,7 +239,9 @@ def _params_files(workflow, config: dict) -> list[str]:
         p = p.relative_to(cwd) if p.is_absolute() and p.is_relative_to(cwd) else p
         if str(p) != "params.yaml":
             paths.append(str(p))
-    if load(paths) != config:
+    merged = load(paths)
+    if merged != coerce_numbers(config):
         raise FgsdError("--config overrides are not passed to the stages: put the keys in a YAML "
                         "overlay and pass it with --configfile (see config/smoke.yaml)")
+    config.update(merged)  # numbers as the stages read them (1e-4), so Snakemake's validate agrees
     return paths

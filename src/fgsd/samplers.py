@@ -80,6 +80,9 @@ def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], *, sigma0:
         d = denoise(y[rows], level[rows], rows) - y[rows]
         trace.nfe += 1
         sigma = d.flatten(1).norm(dim=1) / math.sqrt(dim)
+        if not torch.isfinite(sigma).all():
+            raise FgsdError(f"coarse-to-fine sampler: the denoiser returned non-finite values at step {t + 1} "
+                            "(a NaN or inf in the model's output: check the checkpoint)")
         if (sigma > diverge_at).any():
             raise FgsdError(f"coarse-to-fine sampler diverged at step {t + 1}: estimated sigma "
                             f"{float(sigma.max()):.3g} > {diverge_at} (lower h0 or check the denoiser)")
@@ -131,6 +134,9 @@ def ddim(denoise: Denoiser, x_init: torch.Tensor, sigmas: np.ndarray, eta: float
         c = eta * s_next * math.sqrt(max(1 - s_next ** 2 / s ** 2, 0.0))
         z = per_sample_randn(gens, x.shape[1:], x.device, x.dtype) if eta > 0 else 0
         x = x0 + math.sqrt(max(s_next ** 2 - c ** 2, 0.0)) * eps + c * z
+        if not torch.isfinite(x).all():
+            raise FgsdError(f"DDIM: the denoiser returned non-finite values at sigma {s:.4g} (a NaN or inf in the "
+                            "model's output: check the checkpoint)")
     x = denoise(x, torch.full((len(x),), float(sigmas[-1]), device=x.device, dtype=x.dtype), rows)
     return Sampled(x, np.full(len(x), len(sigmas)))
 

@@ -154,6 +154,10 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                               t["sigma_data"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
+        if not torch.isfinite(loss):
+            raise FgsdError(f"training {kind} diverged: the loss is {loss.item()} at step {step + 1} (lr "
+                            f"{learning_rate(t, step, steps):g}); no model was written, the last good state is "
+                            f"{state_path if state_path.is_file() else 'none'}; lower train.lr or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -176,6 +180,10 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                 raise Interrupted(f"interrupted after step {step}")
     bar.close()
     log.info("trained %s in %.1f s", kind, time.time() - t0)
+    bad = [name for name, p in final_net.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise FgsdError(f"training {kind} ended with non-finite weights in {bad[:3]}; no model was written "
+                        "(lower train.lr)")
 
     meta = dict(classes=classes, train_classes=sorted({classes[i] for i in labels.tolist()}),
                 image_shape=list(x.shape[1:]))
