@@ -48,7 +48,8 @@ def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str |
               for k, path in (("mixture", mixture), ("conditional", conditional), ("single", single))}
     y0 = classes.index(cfg["train"]["single"]["class"])
     cond = models["conditional"]
-    centroids = class_centroids(cond, to_float(train["images"]), torch.from_numpy(train["labels"]), dev)
+    x_train, l_train = to_float(train["images"]), torch.from_numpy(train["labels"])
+    centroids = class_centroids(cond, x_train, l_train, dev)
     _, same = epoch_plan(generator(seed, 20), labels)              # another crop of the same class
     shift = torch.randint(1, len(torch.unique(labels)), (len(labels),), generator=generator(seed, 21))
     other = (labels + shift) % len(torch.unique(labels))           # a random other class
@@ -63,7 +64,6 @@ def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str |
         ("mixture", "none"): lambda y, i: models["mixture"](y),
         ("single", "none"): lambda y, i: models["single"](y),
     }
-    x_train, l_train = to_float(train["images"]), torch.from_numpy(train["labels"])
     gauss = references.StationaryGaussians(x_train, l_train)
     refs = {("trivial-mean", "none"): references.trivial(),
             ("gaussian-mixture", "none"): references.gaussian_mixture(gauss),
