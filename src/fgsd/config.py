@@ -33,6 +33,11 @@ Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+# Only the exponent forms YAML 1.1 leaves as strings (1e-4, 2.5E3): every other number another
+# reader already parsed, and a quoted "0.5" stays the string its author asked for.
+_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
 def coerce_numbers(node):
     """What `Loader` would have read: strings that are YAML 1.2 numbers become floats (for a
     config parsed by another YAML reader, e.g. Snakemake's)."""
@@ -43,9 +48,6 @@ def coerce_numbers(node):
     if isinstance(node, str) and _NUMBER.match(node):
         return float(node)
     return node
-
-
-_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
 def _read_yaml(path: str | Path) -> dict:

@@ -62,7 +62,10 @@ def learning_rate(t: dict, step: int, steps: int) -> float:
 def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * net, for every parameter and buffer."""
     for e, p in zip(ema.state_dict().values(), net.state_dict().values()):
-        e.lerp_(p, 1 - decay) if e.dtype.is_floating_point else e.copy_(p)
+        if e.dtype.is_floating_point:
+            e.lerp_(p, 1 - decay)
+        else:
+            e.copy_(p)
 
 
 class HeldOutPSNR:
