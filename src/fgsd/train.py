@@ -144,6 +144,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
              len(x), steps, batch, dev)
     net.train()
     epoch, order, partner = None, None, None
+    first = step
     bar = tqdm(total=steps * batch, initial=step * batch, unit="img", unit_scale=True, mininterval=2,
                desc=f"train {kind}", dynamic_ncols=True)
     t0 = time.time()
@@ -182,7 +183,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             if interrupt_after is not None and step >= interrupt_after:
                 raise Interrupted(f"interrupted after step {step}")
     bar.close()
-    log.info("trained %s in %.1f s", kind, time.time() - t0)
+    log.info("trained %s: computed steps %d to %d of %d in %.1f s", kind, first + 1, steps, steps, time.time() - t0)
     bad = [name for name, p in final_net.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
         raise FgsdError(f"training {kind} ended with non-finite weights in {bad[:3]}; no model was written "
