@@ -61,7 +61,12 @@ def test_set_contents(trained):
     few = files.load_npz(tmp / "fewshot.npz")
     assert set(few["label"]) == {3} and sorted(set(few["param"])) == [1, 5, 24], "N is capped by the crops there are"
     inv = files.load_npz(tmp / "inversion.npz")
-    assert inv["reference"].shape == inv["images"].shape and (inv["roundtrip_rmse"] >= 0).all()
+    test = data.load_split(tmp / "data", "test")
+    k = s["inversion_per_class"]
+    want = np.concatenate([test["images"][test["labels"] == c][:k] for c in range(3)])
+    assert np.array_equal(inv["reference"], want), "the round trip starts from the first test crops of each class"
+    rmse = (to_float(inv["images"]) - to_float(inv["reference"])).flatten(1).pow(2).mean(1).sqrt().numpy()
+    np.testing.assert_allclose(inv["roundtrip_rmse"], rmse, atol=1 / 255)  # up to the uint8 rounding
     nfe = files.load_npz(tmp / "nfe.npz")
     ddim = [v for v in dict.fromkeys(nfe["variant"]) if v.startswith("ddim")]
     assert ddim == [f"ddim {k}" for k in s["ddim_steps"]]
@@ -83,6 +88,29 @@ def test_mixing_switches_the_conditioner_at_the_requested_level():
     # rows say which samples the batch holds once others have finished
     out = den(torch.zeros(2, 1, 2, 2), torch.tensor([0.2, 0.5]), torch.tensor([1, 3]))
     assert out[:, 0, 0, 0].tolist() == [1.0, 1.0]
+
+
+def test_mixing_set_runs_class_a_coarse_then_class_b_fine(trained, monkeypatch):
+    """The real set function (pairs, seeds, conditioners, sampler), with the Recorder as network
+    and one grey level per class as centroid, so a sample ends at the grey level of the class it
+    was last conditioned on. A switch at sigma0 conditions on class b from the first step; one
+    below every level never leaves class a. Swapping a and b in the set fails."""
+    cfg, tmp = trained
+    sigma0 = cfg["sampling"]["sigma0"]
+    cfg = {**cfg, "sampling": {**cfg["sampling"], "mixing_sigmas": [1e-9, sigma0]}}
+    grey = lambda c: 0.2 + 0.2 * c
+    monkeypatch.setattr(generate.Context, "model", lambda self: setattr(self, "stop", 0.02) or Recorder())
+    monkeypatch.setattr(generate, "_class_centroids",
+                        lambda ctx, model, labels: {c: {"mid": torch.full((1, 2), grey(c))} for c in labels})
+    ctx = generate.Context(cfg, "mixing", _model(tmp, "mixing"), tmp / "data", "cpu")
+    got = generate.set_mixing(ctx)
+    assert len(got["label"]) == 2 * cfg["sampling"]["pairs"] * cfg["sampling"]["per_pair"]
+    assert (got["label"] < got["class_b"]).all()
+    for switch, ends_as in ((1e-9, got["label"]), (sigma0, got["class_b"])):
+        rows = got["param"] == switch
+        level = to_float(got["images"][rows]).mean(dim=(1, 2, 3))
+        torch.testing.assert_close(level, torch.tensor([grey(c) for c in ends_as[rows]], dtype=level.dtype),
+                                   atol=1 / 255, rtol=0)
 
 
 def test_centroid_exemplars_are_seeded_and_capped(trained):

@@ -56,17 +56,32 @@ def low_rank():
     return mean, basis, denoise
 
 
-def predicted_moments(trace, sigma0, beta, offset):
+def paper_h(n: int, h0: float, fixed_h: bool) -> list[float]:
+    """The step sizes of [K] §4 (h_t = h0 t / (1 + h0 (t - 1))) or h0 throughout, written here
+    rather than taken from the sampler, so a wrong schedule in the sampler cannot match itself."""
+    return [h0] * n if fixed_h else [h0 * t / (1 + h0 * (t - 1)) for t in range(1, n + 1)]
+
+
+def predicted_moments(trace, sigma0, h0, beta, fixed_h, offset):
     """Mean and variance of the output along each signal direction, by running the sampler's
     linear recursion on them: c <- (1 - h a) c + gamma z, a = l^2 / (lam + l^2), then the final
-    denoising multiplies by lam / (lam + l^2)."""
+    denoising multiplies by lam / (lam + l^2). Only the measured sigma_t come from the trace."""
     m, v = offset, LAM + sigma0 ** 2
-    levels = [sigma0] + trace.level
-    for h, s, lev in zip(trace.h, trace.sigma, levels):
+    hs = paper_h(len(trace.sigma), h0, fixed_h)
+    levels = [sigma0] + [(1 - beta * h) * s for h, s in zip(hs, trace.sigma)]
+    for h, s, lev in zip(hs, trace.sigma, levels):
         a = lev ** 2 / (LAM + lev ** 2)
         m, v = (1 - h * a) * m, (1 - h * a) ** 2 * v + ((1 - beta * h) ** 2 - (1 - h) ** 2) * s ** 2
     f = LAM / (LAM + levels[-1] ** 2)
     return f * m, f ** 2 * v
+
+
+def test_step_size_schedules_by_hand():
+    """h0 = 0.01: h_1 = 0.01, h_2 = 0.02 / 1.01, h_3 = 0.03 / 1.02, h_10 = 0.1 / 1.09; fixed: 0.01."""
+    assert [samplers.step_size(t, 0.01, False) for t in (1, 2, 3, 10)] == pytest.approx(
+        [0.01, 0.0198019802, 0.0294117647, 0.0917431193], abs=1e-10)
+    assert [samplers.step_size(t, 0.01, True) for t in (1, 2, 50)] == [0.01, 0.01, 0.01]
+    assert samplers.step_size(10 ** 6, 0.01, False) == pytest.approx(1, abs=1e-3)  # tends to 1
 
 
 # the sampler takes no defaults (they live in params.yaml); these are the tests' settings
@@ -82,11 +97,11 @@ def run_c2f(low_rank, n, denoise=None, **kw):
     out = c2f(denoise or exact, (HD,), list(range(n)), dtype=torch.float64, **kw)
     x, trace = out.x, out.trace
     c = (x - mean) @ basis
-    pm, pv = predicted_moments(trace, 1.0, kw["beta"], (0.5 - mean) @ basis)
+    pm, pv = predicted_moments(trace, 1.0, kw["h0"], kw["beta"], kw.get("fixed_h", False), (0.5 - mean) @ basis)
     return x, c, pm, pv, trace
 
 
-@pytest.mark.parametrize("h0,beta,fixed_h", [(0.05, 0.5, False), (0.01, 0.05, False)])
+@pytest.mark.parametrize("h0,beta,fixed_h", [(0.05, 0.5, False), (0.01, 0.05, False), (0.1, 0.5, True)])
 def test_coarse_to_fine_matches_its_predicted_moments(low_rank, h0, beta, fixed_h):
     n = 1000
     x, c, pm, pv, trace = run_c2f(low_rank, n, h0=h0, beta=beta, fixed_h=fixed_h)
@@ -98,6 +113,7 @@ def test_coarse_to_fine_matches_its_predicted_moments(low_rank, h0, beta, fixed_
     assert trace.nfe == int(trace.steps.max()) + 1 and len(trace.h) == int(trace.steps.max())
     assert trace.steps.min() < trace.steps.max(), "samples stop on their own"
     assert trace.sigma[0] > 0.9 and trace.sigma[-1] < 0.02 and trace.level[-1] < trace.level[0] / 10
+    assert trace.h == pytest.approx(paper_h(len(trace.h), h0, fixed_h), rel=1e-12)
 
 
 def test_coarse_to_fine_with_small_fixed_steps_matches_the_target(low_rank):

@@ -217,3 +217,26 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_model(prepared):
     with pytest.raises(FgsdError, match=r"training mixture diverged: the loss is (nan|inf) at step \d+ .*lower train.lr"):
         train_into(cfg, "mixture", tmp / "data", tmp / "m", tmp / "s")
     assert not (tmp / "m" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("output", ["gated", "residual"])
+def test_a_finite_but_useless_model_is_not_written(prepared, output):
+    """train.lr 1e6 leaves finite weights that copy the input (gated) or wreck it (residual)."""
+    cfg, tmp = prepared
+    cfg["train"]["lr"] = 1e6
+    cfg["model"]["output"] = output
+    with pytest.raises(FgsdError, match=r"training mixture produced a useless model: at best [-+]\d+\.\d+ dB over "
+                                        r"its noisy input .*lower train.lr"):
+        train_into(cfg, "mixture", tmp / "data", tmp / "m", tmp / "s")
+    assert not (tmp / "m" / "model.pt").exists()
+    scores = {f"psnr@{s:.4g}": -20 * np.log10(s) + 1.5 * (s == 1.0) for s in cfg["sigmas"]}
+    train.require_useful({**scores, "psnr_mean": 0.0}, cfg["sigmas"], "mixture")  # +1.5 dB at sigma 1: kept
+
+
+def test_a_diverging_classifier_stops_with_one_line(prepared):
+    from fgsd import classifier
+    cfg, tmp = prepared
+    cfg["evaluate"]["classifier_lr"] = 1e30
+    with pytest.raises(FgsdError, match=r"training classifier diverged: the loss is (nan|inf) at step \d+"):
+        classifier.train_classifier(cfg, tmp / "data", tmp / "c" / "model.pt", tmp / "c" / "metrics.json", "cpu")
+    assert not (tmp / "c").exists()

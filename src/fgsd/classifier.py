@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import checkpoints, files
 from .data import labelled_crops
-from .runtime import generator, resolve_device
+from .runtime import generator, require_finite, resolve_device
 
 log = logging.getLogger("fgsd")
 
@@ -73,6 +73,8 @@ def train_classifier(cfg: dict, data: str | Path, model: str | Path, metrics: st
         idx = torch.randint(len(x), (e["classifier_batch"],), generator=g)
         _, logits = model(augment(x[idx], g).to(device))
         loss = nn.functional.cross_entropy(logits, y[idx].to(device))
+        require_finite(loss, "classifier", step + 1, sched.get_last_lr()[0], "evaluate.classifier_lr",
+                       "it keeps no state and retrains from scratch")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step(), sched.step()

@@ -31,3 +31,11 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """The inverse of `to_float` (exact for images that came from it), clipping to [0, 1]."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def require_finite(loss: torch.Tensor, who: str, step: int, lr: float, lr_key: str, kept: str) -> None:
+    """Every training loop's guard: a NaN or inf loss ends the run with one line (nothing is
+    written; `kept` says what survives), instead of training on and saving garbage."""
+    if not torch.isfinite(loss):
+        raise FgsdError(f"training {who} diverged: the loss is {loss.item()} at step {step} (lr {lr:g}); no model "
+                        f"was written, {kept}; lower {lr_key} or check the data")

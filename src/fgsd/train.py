@@ -27,7 +27,7 @@ from . import checkpoints, config, files, network, stages
 from .data import epoch_plan, load_split
 from .denoisers import denoising_loss
 from .errors import FgsdError
-from .runtime import generator, resolve_device, to_float
+from .runtime import generator, require_finite, resolve_device, to_float
 
 log = logging.getLogger("fgsd")
 
@@ -66,6 +66,22 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
             e.lerp_(p, 1 - decay)
         else:
             e.copy_(p)
+
+
+USEFUL_GAIN_DB, USEFUL_FROM_SIGMA = 1.0, 0.1
+
+
+def require_useful(scores: dict, sigmas: list[float], kind: str) -> None:
+    """A finite but useless model is an error, not a saved model: one that does not improve on
+    its noisy input (PSNR -20 log10 sigma) by USEFUL_GAIN_DB at any sigma >= USEFUL_FROM_SIGMA,
+    where any denoiser worth the name gains several dB (the trivial one: ~18 dB at sigma 1).
+    This is what a far too high train.lr leaves: a network that copies its input, or worse."""
+    gain = {s: scores[f"psnr@{s:.4g}"] + 20 * np.log10(s) for s in sigmas if s >= USEFUL_FROM_SIGMA}
+    if gain and max(gain.values()) < USEFUL_GAIN_DB:
+        best = max(gain, key=gain.get)
+        raise FgsdError(f"training {kind} produced a useless model: at best {gain[best]:+.2f} dB over its noisy "
+                        f"input (sigma {best:g}), below {USEFUL_GAIN_DB:g} dB at every sigma >= {USEFUL_FROM_SIGMA:g}; "
+                        "no model was written; lower train.lr or train longer")
 
 
 class HeldOutPSNR:
@@ -158,10 +174,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                               t["sigma_data"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
-        if not torch.isfinite(loss):
-            raise FgsdError(f"training {kind} diverged: the loss is {loss.item()} at step {step + 1} (lr "
-                            f"{learning_rate(t, step, steps):g}); no model was written, the last good state is "
-                            f"{state_path if state_path.is_file() else 'none'}; lower train.lr or check the data")
+        require_finite(loss, kind, step + 1, learning_rate(t, step, steps), "train.lr",
+                       f"the last good state is {state_path}" if state_path.is_file() else "no state was saved yet")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -189,6 +203,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
         raise FgsdError(f"training {kind} ended with non-finite weights in {bad[:3]}; no model was written "
                         "(lower train.lr)")
 
+    require_useful(rows[-1], cfg["sigmas"], kind)
     meta = dict(classes=classes, train_classes=sorted({classes[i] for i in labels.tolist()}),
                 image_shape=list(x.shape[1:]))
     checkpoints.save(model, kind, final_net, **meta)
