@@ -284,6 +284,32 @@ def test_game_textures_extracts_filters_and_caches(tiny_cfg, tmp_path, monkeypat
     assert not list((tmp_path / "cache").rglob("*.deb")), "the .deb is not kept"
 
 
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_0ad_terrain_textures_from_a_fake_deb(tiny_cfg, tmp_path, monkeypatch):
+    """The paper preset's source: DXT-compressed .dds members under art/textures/terrain/, normal
+    and specular maps dropped, class names without the `types/` folder."""
+    rng = np.random.default_rng(2)
+
+    def dds(img, fmt):
+        b = io.BytesIO()
+        Image.fromarray(np.repeat(img[..., None], 3, axis=2)).save(b, "DDS", pixel_format=fmt)
+        return b.getvalue()
+    members = {"art/textures/terrain/types/desert/sand_dunes.dds": dds(_texture(rng, angle=0.4), "DXT1"),
+               "art/textures/terrain/types/desert/sand_dunes_norm.dds": dds(_texture(rng, angle=1.0), "DXT1"),
+               "art/textures/terrain/types/temperate/grass_rough.dds": dds(_texture(rng, angle=2.2, freq=0.4), "DXT5"),
+               "art/textures/terrain/types/temperate/grass_rough_spec.dds": dds(_texture(rng), "DXT5"),
+               "art/textures/ui/logo.dds": dds(_texture(rng, angle=1.5), "DXT1")}
+    deb = _fake_game_deb(tmp_path, sources.GAME_TEXTURES["0ad"], members)
+    monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "_apt_download", lambda spec, into: Path(shutil.copy(deb, into)))
+    tiny_cfg["data"].update(dataset="0ad", crop_size=16, n_unseen=0, min_size=0)
+    m = _prepare(tiny_cfg, tmp_path / "out")
+    assert m["classes"] == ["0ad-desert-sand_dunes", "0ad-temperate-grass_rough"]
+    assert m["provenance"]["packages"] == {"0ad-data": "0.0.26-1"}
+    crops = files.load_npz(tmp_path / "out" / "train.npz")["images"]
+    assert crops.std() > 20, "the DXT textures decode to their patterns, not to a flat colour"
+
+
 def test_game_textures_without_apt_say_what_to_do(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sources.shutil, "which", lambda name: None)

@@ -259,6 +259,12 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     diff = run(["dvc", "metrics", "diff", "--md"], repo).stdout  # workspace (the experiment) vs HEAD
     assert "results/models/single/metrics.json" in diff
 
+    # researchers write 1e-4 (YAML 1.1 would read a string); one target keeps it to one training job
+    exp = run(["dvc", "exp", "run", "-S", "train.lr=1e-4", "train_single"], repo).stdout
+    assert "Running stage 'train_single'" in exp
+    trained = json.loads((repo / "results/models/single/config.json").read_text())["params"]
+    assert trained["train.lr"] == 1e-4
+
 
 def test_dvc_push_and_pull_round_trip_is_byte_identical(smoke_run, tmp_path):
     """Record a Snakemake run in DVC, push it to the default remote, lose the cache and every
@@ -293,3 +299,62 @@ def test_dvc_commit_after_snakemake_leaves_nothing_to_rerun(smoke_run):
     run(["dvc", "commit", "-f", "-q"], smoke_run)
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
     assert planned_jobs(smoke_run, SMOKE) == {}
+
+
+def _job_running_for(pids: list[int], stage: str) -> float:
+    """Seconds the oldest running `python -m fgsd <stage>` job under `pids` has run (0: none)."""
+    import time
+
+    import psutil
+    ages = []
+    for pid in pids:
+        try:
+            procs = psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            try:
+                cmd = p.cmdline()
+                if cmd[1:4] == ["-m", "fgsd", stage]:
+                    ages.append(time.time() - p.create_time())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+    return max(ages, default=0.0)
+
+
+# Where the run is killed: a job of each stage, this many seconds after it started (past the
+# imports, inside the work); each kill is followed by a restart, as a user would do it.
+KILLS = (("train", 4.0), ("sample", 3.5), ("evaluate", 3.0), ("figure", 3.0))
+
+
+def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
+    """SIGKILL the whole smoke run in the middle of a training, a sampling, an evaluation and a
+    figure job; after `snakemake --unlock` and a rerun with --rerun-incomplete, every output is
+    byte-identical to the uninterrupted run and no temp file or resumable state is left."""
+    import signal
+    import time
+    repo = copy_repo(tmp_path)
+    cmd = ["snakemake", "--cores", "2", "--rerun-incomplete", *SMOKE]
+    env = dict(ENV, PYTHONPATH=str(repo / "src"))
+    for stage, after in KILLS:
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.time() + 600
+        while _job_running_for([proc.pid], stage) < after:
+            assert proc.poll() is None, f"the run ended before a {stage} job ran for {after} s"
+            assert time.time() < deadline
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        run(["snakemake", "--unlock", *SMOKE], repo)
+    run(cmd, repo)
+
+    skip = {"logs", "benchmarks"}  # timings and log lines differ by nature
+    outputs = lambda root: {p.relative_to(root): p.read_bytes() for p in (root / "results").rglob("*")
+                            if p.is_file() and not skip & set(p.relative_to(root).parts)}
+    want, got = outputs(smoke_run), outputs(repo)
+    assert sorted(map(str, got.keys() - want.keys())) == [], "files the uninterrupted run does not have"
+    assert sorted(map(str, want.keys() - got.keys())) == [], "outputs missing after the restarts"
+    assert sorted(str(k) for k in want if want[k] != got[k]) == [], "outputs that differ from the uninterrupted run"
+    assert "resuming" in "".join(p.read_text() for p in (repo / "results/logs").glob("train_*.log")), \
+        "the killed training did not resume from its saved state"
