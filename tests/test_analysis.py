@@ -77,3 +77,30 @@ def test_density_stage_and_summary(trained):
     assert len(d) == 2 and {"sym_kl", "sym_kl_half_min", "sym_kl_double_min", "sym_kl_diff_form"} <= set(d.columns)
     assert (d[["sym_kl", "sym_kl_half_min", "sym_kl_double_min"]].nunique(axis=1) == 3).all(), "three grid starts"
     assert (d.centroid_sqdist > 0).all()
+
+
+def _fake_sweep(offset: float) -> pd.DataFrame:
+    """Two crops, two sigmas: mixture at 20 dB, the conditional model `offset` dB above it,
+    the single-class model 1 dB above the mixture on the y0 crop (image 0)."""
+    rows = []
+    for s in (0.1, 1.0):
+        for image in (0, 1):
+            for model, cond, psnr in (("mixture", "none", 20.0), ("conditional", "exemplar", 20.0 + offset),
+                                      ("single", "none", 21.0 if image == 0 else 15.0)):
+                rows.append(dict(model=model, conditioning=cond, sigma=s, image=image, is_y0=image == 0,
+                                 output_psnr=psnr, input_psnr=-20 * np.log10(s)))
+    return pd.DataFrame(rows)
+
+
+def test_seed_spread_is_mean_and_std_over_seeds():
+    spread = summary.seed_spread({0: _fake_sweep(0.5), 1: _fake_sweep(1.0), 2: _fake_sweep(1.5)})
+    assert spread["seeds"] == [0, 1, 2] and spread["n_seeds"] == 3
+    gain = spread["conditional_minus_mixture_db"]["1"]
+    assert gain["values"] == [0.5, 1.0, 1.5] and gain["mean"] == pytest.approx(1.0)
+    assert gain["std"] == pytest.approx(0.5)  # sample std (ddof 1) of 0.5, 1, 1.5
+    assert spread["oracle_single_minus_mixture_on_y0_db"]["0.1"]["mean"] == pytest.approx(1.0)
+    assert spread["output_psnr_db.single"]["1"]["mean"] == pytest.approx(21.0), "single: on its own class only"
+    one = summary.seed_spread({0: _fake_sweep(0.5)})
+    assert one["conditional_minus_mixture_db"]["1"] == {"mean": 0.5, "std": None, "values": [0.5]}
+    curves = summary.curves_by_seed({0: _fake_sweep(0.5), 4: _fake_sweep(1.0)})
+    assert sorted(curves.seed.unique()) == [0, 4] and len(curves) == 2 * len(summary.psnr_gain(_fake_sweep(0)))

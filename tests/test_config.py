@@ -36,6 +36,9 @@ def test_presets_load():
     ("train:\n  mixture:\n    steps: 0\n", "parameter 'train.mixture.steps' must be >= 1, got 0"),
     ("sampling:\n  beta: 2.0\n", "parameter 'sampling.beta' must be <= 1, got 2.0"),
     ("sampling:\n  sigma_final: 2.0\n", "parameter 'sampling.sigma_final' must be below sampling.sigma0, got 2.0"),
+    ("train:\n  replicate_seeds:\n  - 0\n", "parameter 'train.replicate_seeds' must not repeat the main 'seed' (its "
+                                          "models are the first replicate), got [0]"),
+    ("train:\n  replicate_seeds:\n  - 3\n  - 3\n", "parameter 'train.replicate_seeds' must not repeat items, got [3, 3]"),
     ("sampling:\n  alphas:\n  - 0.5\n  - 1.5\n", "parameter 'sampling.alphas[1]' must be <= 1, got 1.5"),
     ("model:\n  widths:\n  - 8\n", "parameter 'model.widths' must list at least 4 item(s), got [8]"),
     ("model:\n  match:\n  - middle\n", "parameter 'model.match[0]' must be one of enc1, enc2, enc3, mid, dec3, dec2, "
@@ -71,7 +74,7 @@ def test_checks_across_keys_blame_the_file_that_set_the_value(tmp_path):
     culprit = tmp_path / "culprit.yaml"
     culprit.write_text("analysis:\n  kl_sigma_min: 1.0\n")
     later = tmp_path / "later.yaml"
-    later.write_text("seed: 1\n")
+    later.write_text("seed: 7\n")
     with pytest.raises(FgsdError, match=rf"^{culprit}: parameter 'analysis.kl_sigma_min' must be below"):
         config.load([BASE, culprit, later])
     # the relation broken by the later file's other key: that file is blamed

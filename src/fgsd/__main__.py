@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
                     help="params.yaml, then overlays (e.g. config/smoke.yaml), merged left to right "
                          "(default: $FGSD_PARAMS, which Snakemake sets, else params.yaml)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides params 'device'")
+    ap.add_argument("--seed", type=int, help="overrides params 'seed' (a training replicate, train.replicate_seeds)")
     ap.add_argument("--log", help="also write the log to this file")
     ap.add_argument("--provenance", help="write the job's provenance record (params, code, input and output "
                                          "checksums) to this JSON file")
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> None:
     name, paths = split_args(args.stage, args.args)
     check_name(args.stage, name)
     full = config.load(args.params)
+    if args.seed is not None:
+        full["seed"] = args.seed
     log.info("fgsd %s%s: params from %s", args.stage, f" {name}" if name else "", " + ".join(map(str, args.params)))
     keys = stages.stage_keys(args.stage, name)
     module, function = stages.function_of(args.stage, name)

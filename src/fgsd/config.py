@@ -173,6 +173,8 @@ def check(cfg: dict, paths: list, raw: list[dict]) -> None:
          "data.dataset")
     need(d["dataset"] != "folder" or Path(d["folder"]).expanduser().is_dir(), "data.folder",
          "is not an existing directory")
+    need(cfg["seed"] not in cfg["train"]["replicate_seeds"], "train.replicate_seeds",
+         "must not repeat the main 'seed' (its models are the first replicate)", "seed")
     need(s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be below sampling.sigma0", "sampling.sigma0")
     need(a["kl_sigma_min"] < a["kl_sigma_max"], "analysis.kl_sigma_min", "must be below analysis.kl_sigma_max",
          "analysis.kl_sigma_max")

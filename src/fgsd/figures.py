@@ -88,20 +88,37 @@ def fig2_denoising_grid(cfg, conditional, mixture, data, pdf, png) -> None:
     save(fig, pdf, png)
 
 
-def fig3_psnr_gain(cfg, sweep, pdf, png) -> None:
-    """Output - input PSNR vs input PSNR: conditional vs mixture (left), vs single-class (right)."""
+def _seed_band(ax, by_seed, model, conditioning, label, color) -> None:
+    """Mean over training seeds, and ± one std over seeds as a band (two or more seeds)."""
+    d = by_seed[(by_seed.model == model) & (by_seed.conditioning == conditioning)]
+    g = d.groupby("sigma").gain
+    x = -20 * np.log10(g.mean().index.to_numpy())
+    n = d.seed.nunique()
+    ax.plot(x, g.mean().values, marker="o", color=color, label=f"{label} ({n} seed{'s' if n > 1 else ''})")
+    if n > 1:
+        ax.fill_between(x, (g.mean() - g.std()).values, (g.mean() + g.std()).values, color=color, alpha=0.25, lw=0)
+
+
+def fig3_psnr_gain(cfg, sweep, by_seed, pdf, png) -> None:
+    """Output - input PSNR vs input PSNR: conditional vs mixture over training seeds (left), vs
+    single-class for the main seed's models (right)."""
     d = files.load_csv(sweep)
     d = d.assign(gain=d.output_psnr - d.input_psnr, noise_db=-20 * np.log10(d.sigma))
     y0 = cfg["train"]["single"]["class"]
-    left = d[((d.model == "conditional") & (d.conditioning == "exemplar")) | (d.model == "mixture")].copy()
-    left["denoiser"] = np.where(left.model == "mixture", "mixture", "conditional (correct exemplar)")
     right = d[((d.model == "conditional") & (d.conditioning == "y0-centroid")) | (d.model == "single")].copy()
     right["denoiser"] = np.where(right.model == "single", f"single-class ({y0})", f"conditional on {y0}")
     right["images"] = np.where(right.is_y0, f"class {y0}", "other classes")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     kw = dict(x="noise_db", y="gain", errorbar=("ci", 95), n_boot=200, seed=cfg["seed"], marker="o")
-    sns.lineplot(left, hue="denoiser", ax=ax[0], palette=[COLORS["conditional"], COLORS["mixture"]],
-                 hue_order=["conditional (correct exemplar)", "mixture"], **kw)
+    seeds = files.load_csv(by_seed)
+    if seeds.seed.nunique() > 1:
+        _seed_band(ax[0], seeds, "conditional", "exemplar", "conditional (correct exemplar)", COLORS["conditional"])
+        _seed_band(ax[0], seeds, "mixture", "none", "mixture", COLORS["mixture"])
+    else:  # one seed: bootstrap bands over the (correlated) test crops
+        left = d[((d.model == "conditional") & (d.conditioning == "exemplar")) | (d.model == "mixture")].copy()
+        left["denoiser"] = np.where(left.model == "mixture", "mixture", "conditional (correct exemplar)")
+        sns.lineplot(left, hue="denoiser", ax=ax[0], palette=[COLORS["conditional"], COLORS["mixture"]],
+                     hue_order=["conditional (correct exemplar)", "mixture"], **kw)
     sns.lineplot(right, hue="denoiser", style="images", ax=ax[1],
                  palette=[COLORS["conditional"], COLORS["single"]], **kw)
     refs = d[d.model.isin(summary.REFERENCES)].groupby(["model", "noise_db"]).gain.mean()

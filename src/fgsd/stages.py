@@ -29,6 +29,10 @@ SWEEP = "results/analysis/sweep.csv"
 SEPARATION = "results/analysis/separation.csv"
 DENSITY = "results/analysis/density.csv"
 CLASSIFIER = "results/models/classifier/model.pt"
+REPLICATE = "results/replicates/seed{rseed}"   # the models of one more training seed, and their sweep
+REPLICATE_MODEL = REPLICATE + "/models/{kind}/model.pt"
+REPLICATE_SWEEP = REPLICATE + "/sweep.csv"
+GAIN_BY_SEED = "results/analysis/psnr_gain_by_seed.csv"
 SAMPLER_KEYS = tuple(f"sampling.{k}" for k in ("sigma0", "sigma_final", "stop_factor", "h0", "beta", "fixed_h",
                                                 "max_steps"))
 
@@ -53,7 +57,7 @@ STAGES = {
     "separation": Stage("analysis", "separation"),
     "density": Stage("analysis", "density", ("seed", "device", "analysis.kl_sigma_min", "analysis.kl_sigma_max",
                                              "analysis.kl_n_sigmas", "analysis.kl_n_noise", "analysis.kl_max_pairs")),
-    "summary": Stage("summary", "summary"),
+    "summary": Stage("summary", "summary", ("seed", "train.replicate_seeds")),
     "sample": Stage("generate", "generate", ("seed", "device", *SAMPLER_KEYS), named=True),
     "classifier": Stage("classifier", "train_classifier", ("seed", "device", "evaluate.classifier_steps",
                                                           "evaluate.classifier_batch", "evaluate.classifier_lr",
@@ -133,13 +137,15 @@ FIGURES = {
         "for each (noisy crop, exemplar) pair; the diagonal (red) is correct conditioning. Right column (orange): "
         "the mixture denoiser. One panel per noise level (``analysis.fig2_sigmas``, on the [0,1] scale)."),
     "fig3_psnr_gain": Figure(
-        "figures", {"sweep": SWEEP}, keys=("seed", "train.single.class"),
+        "figures", {"sweep": SWEEP, "by_seed": GAIN_BY_SEED}, keys=("seed", "train.single.class"),
         caption="**Fig 3: denoising gain vs noise level.** Output PSNR minus input PSNR (dB) against input PSNR "
-        "(-20 log10 σ), averaged over the test crops of every class, with 95 % bootstrap bands. Left: the "
+        "(-20 log10 σ), averaged over the test crops of every class. Left: the "
         "conditional model conditioned on another crop of the same class vs the mixture model, and (grey) three "
         "denoisers that need no training, fitted to the training crops and given the true σ: the noisy crop's "
         "mean, the exact MMSE denoiser of a mixture of stationary Gaussian classes (class unknown), and the "
-        "Wiener denoiser of the crop's own class (class known). Right: the "
+        "Wiener denoiser of the crop's own class (class known); the lines are the mean over the training seeds "
+        "(``seed`` and ``train.replicate_seeds``) and the bands ± one std over seeds (with one seed: 95 % bootstrap "
+        "bands over test crops, which are correlated). Right (``seed``'s models, bootstrap bands): the "
         "conditional model conditioned on class y0 (its centroid) vs a denoiser trained on y0 only, on crops of y0 "
         "(correct) and of the other classes (incorrect conditioning / wrong class)."),
     "fig4_separation": Figure(

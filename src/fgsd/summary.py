@@ -8,6 +8,7 @@ import pandas as pd
 from scipy import stats
 
 from . import files, samples
+from .errors import FgsdError
 
 
 def psnr_gain(sweep_df: pd.DataFrame) -> pd.DataFrame:
@@ -69,14 +70,46 @@ def separation_extremes(sep: pd.DataFrame) -> dict:
     return out
 
 
-def summary(sweep: str | Path, separation: str | Path, density: str | Path, references_json: str | Path,
-            set_metrics: str, classifier_metrics: str | Path, summary_json: str | Path, gain: str | Path) -> None:
-    """summary.json: the headline numbers, each with its counts; psnr_gain.csv: the Fig 3 curves.
-    set_metrics: the evaluation groups' metric files the sample-quality headline quotes
-    (stages.HEADLINE_GROUPS), comma-separated."""
+def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
+    """The PSNR headline numbers for each training seed's models (all swept on the same test
+    noise), and their mean and std over seeds (ddof 1; null with one seed): the spread every
+    claim about a learned model is read against."""
+    per_seed = {}
+    for seed, sw in sweeps.items():
+        table, worth = psnr_table(sw), class_worth(sw)
+        per_seed[seed] = {"conditional_minus_mixture_db": worth["conditional_minus_mixture"],
+                          "oracle_single_minus_mixture_on_y0_db": worth["oracle_single_minus_mixture_on_y0"],
+                          **{f"output_psnr_db.{m}": table[m] for m in ("mixture", "conditional", "single")}}
+    out = {"seeds": list(per_seed), "n_seeds": len(per_seed)}
+    for metric in next(iter(per_seed.values())):
+        values = pd.DataFrame({seed: v[metric] for seed, v in per_seed.items()})  # rows: sigma, columns: seed
+        std = values.std(axis=1, ddof=1) if len(per_seed) > 1 else values.iloc[:, 0] * float("nan")
+        out[metric] = {s: {"mean": float(values.loc[s].mean()), "std": None if pd.isna(std[s]) else float(std[s]),
+                           "values": [float(v) for v in values.loc[s]]} for s in values.index}
+    return out
+
+
+def curves_by_seed(sweeps: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """The Fig 3 curves of every training seed, one block of rows per seed."""
+    return pd.concat([psnr_gain(sw).assign(seed=seed) for seed, sw in sweeps.items()], ignore_index=True)
+
+
+def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str | Path, references_json: str | Path,
+            set_metrics: str, classifier_metrics: str | Path, replicate_sweeps: str, summary_json: str | Path,
+            gain: str | Path, gain_by_seed: str | Path) -> None:
+    """summary.json: the headline numbers, each with its counts; psnr_gain.csv: the Fig 3 curves
+    (and per training seed, psnr_gain_by_seed.csv). set_metrics: the evaluation groups' metric
+    files the sample-quality headline quotes (stages.HEADLINE_GROUPS); replicate_sweeps: the
+    sweeps of the models of train.replicate_seeds, in that order; both comma-separated."""
     sw = files.load_csv(sweep)
+    replicates = [p for p in replicate_sweeps.split(",") if p]
+    if len(replicates) != len(cfg["train"]["replicate_seeds"]):
+        raise FgsdError(f"summary: {len(replicates)} replicate sweeps for train.replicate_seeds "
+                        f"{cfg['train']['replicate_seeds']}")
+    sweeps = {cfg["seed"]: sw, **{seed: files.load_csv(p) for seed, p in zip(cfg["train"]["replicate_seeds"], replicates)}}
     curves = psnr_gain(sw)
     files.save_csv(gain, curves)
+    files.save_csv(gain_by_seed, curves_by_seed(sweeps))
     g = curves.set_index(["model", "conditioning", "sigma"])["gain"]
     lo, hi = sw.sigma.min(), sw.sigma.max()
     cond_gain = {f"sigma={s:.4g}": float(g["conditional", "exemplar", s] - g["mixture", "none", s]) for s in (lo, hi)}
@@ -86,6 +119,7 @@ def summary(sweep: str | Path, separation: str | Path, density: str | Path, refe
     table = psnr_table(sw)
     out = dict(
         psnr_gain_conditional_minus_mixture_db=cond_gain,
+        seeds=seed_spread(sweeps),
         psnr_n_test_images=int(sw.image.nunique()),
         output_psnr_db=table,
         class_worth_db=class_worth(sw),

@@ -22,6 +22,30 @@ rule sweep:
         "python -m fgsd sweep {params.args} --log {log} --provenance {output.prov}"
 
 
+rule sweep_replicate:  # the same sweep (same test noise) on the models of one more training seed
+    input:
+        DATA_FILES,
+        **{kind: stages.REPLICATE_MODEL.replace("{kind}", kind) for kind in KINDS},
+        code=code("sweep"),
+    output:
+        table=stages.REPLICATE_SWEEP,
+        references_json=stages.REPLICATE + "/references.json",
+        prov="results/provenance/replicates/sweep_seed{rseed}.json",
+    params:
+        tracked=tracked("sweep"),
+        spec=spec("sweep"),
+        args=args(data=DATA),
+    log:
+        "results/logs/replicates/sweep_seed{rseed}.log",
+    benchmark:
+        "results/benchmarks/replicates/sweep_seed{rseed}.tsv"
+    threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
+    shell:
+        "python -m fgsd sweep {params.args} --log {log} --provenance {output.prov}"
+
+
 rule separation:
     input:
         phi_mixture=stages.PHI.format(kind="mixture"),
@@ -74,10 +98,12 @@ rule summary:
         references_json="results/analysis/references.json",
         set_metrics=list(stages.set_metrics(*stages.HEADLINE_GROUPS).values()),
         classifier_metrics="results/models/classifier/metrics.json",
+        replicate_sweeps=expand(stages.REPLICATE_SWEEP, rseed=config["train"]["replicate_seeds"]),
         code=code("summary"),
     output:
         summary_json="results/metrics/summary.json",
         gain="results/analysis/psnr_gain.csv",
+        gain_by_seed=stages.GAIN_BY_SEED,
         prov="results/provenance/summary.json",
     params:
         tracked=tracked("summary"),

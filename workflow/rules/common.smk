@@ -24,6 +24,7 @@ wildcard_constraints:
     sample_set="|".join(SAMPLE_SETS),
     group="|".join(EVAL_GROUPS),
     name="|".join(FIGURES),
+    rseed=r"\d+",
 
 
 def _name(stage, wildcards):

@@ -23,3 +23,31 @@ rule train:
         runtime=120,
     shell:
         "python -m fgsd train {wildcards.kind} {params.args} --log {log} --provenance {output.prov}"
+
+
+rule train_replicate:  # the same training with another seed (train.replicate_seeds): the seed spread
+    input:
+        DATA_FILES,
+        code=code("train"),
+    output:
+        model=stages.REPLICATE_MODEL,
+        train_log=stages.REPLICATE + "/models/{kind}/train_log.csv",
+        config_json=stages.REPLICATE + "/models/{kind}/config.json",
+        metrics=stages.REPLICATE + "/models/{kind}/metrics.json",
+        prov="results/provenance/replicates/train_{kind}_seed{rseed}.json",
+    params:
+        tracked=tracked("train"),
+        spec=spec("train"),
+        args=args(data=DATA, state=lambda wildcards: stages.REPLICATE.format(rseed=wildcards.rseed) + "/.state"),
+    log:
+        "results/logs/replicates/train_{kind}_seed{rseed}.log",
+    benchmark:
+        "results/benchmarks/replicates/train_{kind}_seed{rseed}.tsv"
+    threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "python -m fgsd train {wildcards.kind} {params.args} --seed {wildcards.rseed} --log {log} "
+        "--provenance {output.prov}"
