@@ -69,14 +69,22 @@ def test_sweep_rows_and_input_psnr(trained):
 def test_density_stage_and_summary(trained):
     cfg, tmp = trained
     from fgsd import centroids
-    centroids.compute(cfg, tmp / "models/conditional/model.pt", tmp / "data", tmp / "phi.npz", tmp / "c.csv",
-                      device="cpu")
+    for kind in ("conditional", "mixture"):
+        centroids.compute(cfg, tmp / f"models/{kind}/model.pt", tmp / "data", tmp / f"phi_{kind}.npz", tmp / "c.csv",
+                          device="cpu")
     cfg["analysis"].update(kl_n_sigmas=3, kl_max_pairs=2)
-    analysis.density(cfg, tmp / "models/conditional/model.pt", tmp / "phi.npz", tmp / "data", tmp / "d.csv", "cpu")
+    analysis.density(cfg, tmp / "models/conditional/model.pt", tmp / "phi_conditional.npz", tmp / "phi_mixture.npz",
+                     tmp / "data", tmp / "d.csv", "cpu")
     d = pd.read_csv(tmp / "d.csv")
     assert len(d) == 2 and {"sym_kl", "sym_kl_half_min", "sym_kl_double_min", "sym_kl_diff_form"} <= set(d.columns)
     assert (d[["sym_kl", "sym_kl_half_min", "sym_kl_double_min"]].nunique(axis=1) == 3).all(), "three grid starts"
     assert (d.centroid_sqdist > 0).all()
+    mix = files.load_npz(tmp / "phi_mixture.npz")
+    names = [str(c) for c in mix["classes"]]
+    at = {int(c): k for k, c in enumerate(mix["centroid_labels_train"])}
+    for _, row in d.iterrows():  # the control column is the mixture model's own centroid distance
+        a, b = (mix["centroids_train"][at[names.index(c)]] for c in (row.cls_a, row.cls_b))
+        assert row.centroid_sqdist_mixture == pytest.approx(float(((a - b) ** 2).sum()), rel=1e-5)
 
 
 def _fake_sweep(offset: float) -> pd.DataFrame:
@@ -86,8 +94,8 @@ def _fake_sweep(offset: float) -> pd.DataFrame:
     for s in (0.1, 1.0):
         for image in (0, 1):
             for model, cond, psnr in (("mixture", "none", 20.0), ("conditional", "exemplar", 20.0 + offset),
-                                      ("single", "none", 21.0 if image == 0 else 15.0)):
-                rows.append(dict(model=model, conditioning=cond, sigma=s, image=image, is_y0=image == 0,
+                                      ("conditional", "wrong", 18.0 - image), ("single", "none", 21.0 if image == 0 else 15.0)):
+                rows.append(dict(model=model, conditioning=cond, sigma=s, image=image, is_y0=image == 0, cls=f"c{image}",
                                  output_psnr=psnr, input_psnr=-20 * np.log10(s)))
     return pd.DataFrame(rows)
 
@@ -102,5 +110,9 @@ def test_seed_spread_is_mean_and_std_over_seeds():
     assert spread["output_psnr_db.single"]["1"]["mean"] == pytest.approx(21.0), "single: on its own class only"
     one = summary.seed_spread({0: _fake_sweep(0.5)})
     assert one["conditional_minus_mixture_db"]["1"] == {"mean": 0.5, "std": None, "values": [0.5]}
+    assert spread["wrong_conditioning_cost_db"]["1"]["values"] == [3.0, 3.5, 4.0]  # 20 + offset - mean(18, 17)
+    sw = _fake_sweep(0.5)
+    sw.loc[(sw.model == "conditional") & (sw.conditioning == "exemplar") & (sw.cls == "c1"), "output_psnr"] = 19.0
+    assert summary.per_class_gain(sw, 1.0) == {"c0": 0.5, "c1": -1.0}
     curves = summary.curves_by_seed({0: _fake_sweep(0.5), 4: _fake_sweep(1.0)})
     assert sorted(curves.seed.unique()) == [0, 4] and len(curves) == 2 * len(summary.psnr_gain(_fake_sweep(0)))

@@ -1,5 +1,6 @@
 """Atomic output: a failed or killed writer leaves no half-written file, and its temp file is
 swept by the next writer of the same path."""
+import argparse
 import os
 import signal
 import subprocess
@@ -38,3 +39,10 @@ def test_an_output_under_a_file_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(FgsdError, match=r"cannot write .*afile/sub/x\.json: Not a directory"):
         files.save_json(tmp_path / "afile" / "sub" / "x.json", {})
+
+
+def test_a_log_under_a_file_is_one_line(tmp_path):
+    from fgsd.__main__ import run
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FgsdError, match=r"cannot write the log .*afile/x\.log: "):
+        run(argparse.Namespace(stage="summary", args=[], log=str(tmp_path / "afile" / "x.log")))

@@ -111,19 +111,21 @@ def separation(phi_mixture: str | Path, phi_conditional: str | Path, table: str 
 
 
 @torch.no_grad()
-def density(cfg: dict, model: str | Path, phi: str | Path, data: str | Path, table: str | Path,
-            device="auto") -> None:
+def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Path, data: str | Path,
+            table: str | Path, device="auto") -> None:
     """Symmetrised KL-through-denoisers between class pairs, with the conditional denoiser
     conditioned on the correct vs the wrong class centroid, against ||phi_y - phi_y'||². The
     integrand is also evaluated at kl_sigma_min / 2 and 2 kl_sigma_min, so each pair's KL is
-    reported with the grid starting there too: how much the number rests on its lowest sigma."""
+    reported with the grid starting there too: how much the number rests on its lowest sigma.
+    The mixture model's centroid distance is the control: features not trained for
+    conditioning, against the same KL estimates."""
     a, seed, dev = cfg["analysis"], cfg["seed"], resolve_device(device)
     net, _ = checkpoints.load(model, network.UNet, ("conditional",), dev)
     test, train = load_split(data, "test"), load_split(data, "train")
     x, labels = to_float(test["images"]).to(dev), torch.from_numpy(test["labels"])
     centroids = class_centroids(net, to_float(train["images"]), torch.from_numpy(train["labels"]), dev)
-    feats = files.load_npz(phi)
-    phi_c = {int(c): feats["centroids_train"][k] for k, c in enumerate(feats["centroid_labels_train"])}
+    phi_c, phi_m = ({int(c): f["centroids_train"][k] for k, c in enumerate(f["centroid_labels_train"])}
+                    for f in (files.load_npz(phi), files.load_npz(phi_mixture)))
     grid = kl.log_grid(a["kl_sigma_min"], a["kl_sigma_max"], a["kl_n_sigmas"])
     lo = a["kl_sigma_min"]
     sigmas = np.unique(np.concatenate([grid, [lo / 2, 2 * lo]]))
@@ -147,6 +149,7 @@ def density(cfg: dict, model: str | Path, phi: str | Path, data: str | Path, tab
             row[f"sym_kl{suffix}"] = kl.integrate(sigmas[keep], gap_ab[keep, 0] + gap_ba[keep, 0])
         row["sym_kl_diff_form"] = kl.integrate(grid, gap_ab[on_grid, 1] + gap_ba[on_grid, 1])
         rows.append(dict(row, centroid_sqdist=float(((phi_c[ya] - phi_c[yb]) ** 2).sum()),
+                         centroid_sqdist_mixture=float(((phi_m[ya] - phi_m[yb]) ** 2).sum()),
                          n_a=int((labels == ya).sum()), n_b=int((labels == yb).sum())))
         log.info("%s vs %s: symmetric KL %.4g", rows[-1]["cls_a"], rows[-1]["cls_b"], rows[-1]["sym_kl"])
     files.save_csv(table, pd.DataFrame(rows))

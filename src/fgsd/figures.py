@@ -187,7 +187,15 @@ def fig5_density_distance(density, data, pdf, png) -> None:
     ax.set_title(f"Pearson r = {corr['pearson']:.2f}, Spearman ρ = {corr['spearman']:.2f} ({corr['n_pairs']} pairs, "
                  f"{corr['n_negative']} < 0)\ndifference form: r = {corr_diff['pearson']:.2f}, "
                  f"ρ = {corr_diff['spearman']:.2f}", fontsize=9)
-    ax.legend(fontsize=7)
+    control = summary.correlations(d, x="centroid_sqdist_mixture")
+    top = ax.twiny()  # the control: the mixture model's features, not trained for conditioning
+    top.scatter(d.centroid_sqdist_mixture, d.sym_kl, s=14, facecolors="none", edgecolors=COLORS["mixture"],
+                label=f"control: mixture model's ‖φ_y − φ_y'‖² (top axis), ρ = {control['spearman']:.2f}")
+    top.set_xlabel("‖φ_y − φ_y'‖² (mixture model, control)", fontsize=8, color=COLORS["mixture"])
+    top.grid(False)
+    handles = ax.get_legend_handles_labels()
+    extra = top.get_legend_handles_labels()
+    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
     for rows, cols, color in ((close, (0, 1), "#d62728"), (far, (5, 6), "#1f77b4")):
         for i, (_, row) in enumerate(rows.iterrows()):
             for col, name in zip(cols, (row.cls_a, row.cls_b)):

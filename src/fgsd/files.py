@@ -139,7 +139,10 @@ def setup_logging(log_file: str | Path | None) -> None:
     """Log to stderr and, when given, to the stage's log file (Snakemake's `log:`)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(log_file, mode="w"))
+        except OSError as e:
+            raise FgsdError(f"cannot write the log {log_file}: {e.strerror or e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         handlers=handlers, force=True)

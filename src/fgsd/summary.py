@@ -18,8 +18,8 @@ def psnr_gain(sweep_df: pd.DataFrame) -> pd.DataFrame:
         gain=("gain", "mean"), input_psnr=("input_psnr", "mean"), n=("gain", "size"))
 
 
-def correlations(density_df: pd.DataFrame, column: str = "sym_kl") -> dict:
-    x, y = density_df.centroid_sqdist, density_df[column]
+def correlations(density_df: pd.DataFrame, column: str = "sym_kl", x: str = "centroid_sqdist") -> dict:
+    x, y = density_df[x], density_df[column]
     return dict(pearson=float(stats.pearsonr(x, y)[0]), spearman=float(stats.spearmanr(x, y)[0]), n_pairs=len(x),
                 n_negative=int((y < 0).sum()))
 
@@ -48,6 +48,21 @@ def class_worth(sw: pd.DataFrame) -> dict:
              "gaussian_class_minus_mixture": mean("gaussian-class", "class") - mean("gaussian-mixture", "none"),
              "oracle_single_minus_mixture_on_y0": mean("single", "none", True) - mean("mixture", "none", True)}
     return {k: {f"{s:.4g}": float(v) for s, v in d.items()} for k, d in pairs.items()}
+
+
+def wrong_conditioning_cost(sw: pd.DataFrame) -> dict:
+    """Output PSNR with a correct exemplar minus with a crop of another class (dB), per sigma:
+    what the conditional model loses when told the wrong class (the paper's Fig 2 by numbers)."""
+    d = sw[sw.model == "conditional"].groupby(["conditioning", "sigma"]).output_psnr.mean()
+    return {f"{s:.4g}": float(v) for s, v in (d["exemplar"] - d["wrong"]).items()}
+
+
+def per_class_gain(sw: pd.DataFrame, sigma: float) -> dict:
+    """Conditional (correct exemplar) minus mixture output PSNR per class at `sigma`, so a class
+    that conditioning does not help is seen, not averaged away."""
+    d = sw[sw.sigma == sigma]
+    mean = lambda model, cond: d[(d.model == model) & (d.conditioning == cond)].groupby("cls").output_psnr.mean()
+    return {c: float(v) for c, v in (mean("conditional", "exemplar") - mean("mixture", "none")).items()}
 
 
 def below_references(table: dict, model: str) -> list[str]:
@@ -79,6 +94,7 @@ def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
         table, worth = psnr_table(sw), class_worth(sw)
         per_seed[seed] = {"conditional_minus_mixture_db": worth["conditional_minus_mixture"],
                           "oracle_single_minus_mixture_on_y0_db": worth["oracle_single_minus_mixture_on_y0"],
+                          "wrong_conditioning_cost_db": wrong_conditioning_cost(sw),
                           **{f"output_psnr_db.{m}": table[m] for m in ("mixture", "conditional", "single")}}
     out = {"seeds": list(per_seed), "n_seeds": len(per_seed)}
     for metric in next(iter(per_seed.values())):
@@ -123,12 +139,15 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         psnr_n_test_images=int(sw.image.nunique()),
         output_psnr_db=table,
         class_worth_db=class_worth(sw),
+        wrong_conditioning_cost_db=wrong_conditioning_cost(sw),
+        per_class_gain_db={f"sigma={hi:.4g}": per_class_gain(sw, hi)},
         g_infinity_db=files.load_json(references_json)["g_infinity_db"],
         sigmas_where_below_a_reference={m: below_references(table, m) for m in ("mixture", "conditional")},
         separation_median_ratio={m: {k: float(ratios[m, k]) for k in ratios[m].index} for m in ratios.index.levels[0]},
         separation_extremes=separation_extremes(sep),
         density_vs_centroid_distance=correlations(dens),
         density_diff_form_vs_centroid_distance=correlations(dens, "sym_kl_diff_form"),
+        density_vs_mixture_centroid_distance_control=correlations(dens, x="centroid_sqdist_mixture"),
         density_grid_start_sensitivity={f"kl_sigma_min{k}": correlations(dens, f"sym_kl{k}")
                                         for k in ("_half_min", "_double_min")},
         sample_quality=samples.headline(samples.read_metrics(set_metrics.split(","))),

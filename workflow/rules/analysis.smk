@@ -71,6 +71,7 @@ rule density:
         DATA_FILES,
         model=stages.MODEL.format(kind="conditional"),
         phi=stages.PHI.format(kind="conditional"),
+        phi_mixture=stages.PHI.format(kind="mixture"),
         code=code("density"),
     output:
         table=stages.DENSITY,
