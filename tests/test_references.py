@@ -83,3 +83,18 @@ def test_trivial_replaces_every_pixel_by_the_crop_mean():
     y = torch.arange(8.0).view(2, 1, 2, 2)
     out = R.trivial()(y, torch.ones(2), torch.arange(2))
     np.testing.assert_allclose(out[:, 0].numpy(), [[[1.5, 1.5], [1.5, 1.5]], [[5.5, 5.5], [5.5, 5.5]]])
+
+
+def test_noisy_sample_has_the_fitted_class_spectrum_plus_noise(two_classes):
+    """DDIM's Gaussian start: draws of N(m_k, Σ_k + σ² I) have the class mean and, per frequency,
+    power λ_k + σ² (each draw from its own seeded generator, so the batch does not matter)."""
+    x, labels, lam, _ = two_classes
+    model = R.StationaryGaussians(x, labels)
+    gens = [torch.Generator().manual_seed(s) for s in range(3000)]
+    draws = model.noisy_sample(torch.ones(3000, dtype=torch.long), 0.5, gens).double()
+    assert float(draws.mean()) == pytest.approx(0.6, abs=0.01)
+    power = (torch.fft.fft2(draws - 0.6, norm="ortho").abs() ** 2).mean(0)[0]
+    torch.testing.assert_close(power, lam[1] + 0.25, rtol=0.1, atol=0)
+    again = model.noisy_sample(torch.ones(2, dtype=torch.long), 0.5, [torch.Generator().manual_seed(s) for s in (7, 8)])
+    torch.testing.assert_close(again, model.noisy_sample(torch.ones(3000, dtype=torch.long), 0.5,
+                                                        [torch.Generator().manual_seed(s) for s in range(3000)])[7:9])

@@ -146,6 +146,21 @@ def test_ddim_matches_the_gaussian(target, eta):
     assert_matches(x, mean, cov, mean_tol=0.02, cov_tol=0.1)
 
 
+def test_ddim_from_sigma_1_needs_the_noisy_data_distribution():
+    """At sigma0 = 1 a direction with variance lam = 1 is not small against sigma0²: started from
+    mean + sigma0 z, deterministic DDIM keeps only sigma0² / (lam + sigma0²) = half its variance;
+    started from N(m, Σ + sigma0² I) (what ddim_init: gaussian draws) it reproduces the target."""
+    lam = torch.tensor([1.0, 0.05, 0.01], dtype=torch.float64)
+    mean = torch.tensor([0.5, 0.4, 0.6], dtype=torch.float64)
+    cov = torch.diag(lam)
+    sig = samplers.sigma_schedule(1.0, 0.002, 200, "uniform")
+    z = samplers.per_sample_randn(samplers.sample_generators(list(range(N))), (3,), dtype=torch.float64)
+    matched = samplers.ddim(exact_denoiser(mean, cov), mean + z * (lam + 1).sqrt(), sig, 0.0, list(range(N))).x
+    assert_matches(matched, mean, cov, mean_tol=0.05, cov_tol=0.1)
+    plain = samplers.ddim(exact_denoiser(mean, cov), mean + z, sig, 0.0, list(range(N))).x
+    assert float(plain[:, 0].var()) == pytest.approx(0.5, rel=0.1), "the loss the Gaussian start removes"
+
+
 def test_a_wrong_denoiser_fails_the_check(target):
     mean, cov = target
     sig = samplers.sigma_schedule(10.0, 0.002, 50, "uniform")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, samplers, samples, stages
+from . import checkpoints, references, samplers, samples, stages
 from .data import load_split
 from .denoisers import class_centroid, mix, per_sample, unet
 from .errors import FgsdError
@@ -102,8 +102,18 @@ class Context:
         s = self.s
         return samplers.sigma_schedule(s["sigma0"], self.stop, n_steps, s["ddim_spacing"])
 
-    def ddim(self, denoise, seeds, n_steps) -> tuple[torch.Tensor, np.ndarray]:
-        latent = samplers.ddim_init(self.shape, seeds, self.s["sigma0"], mean=self.init_mean)
+    def ddim(self, denoise, seeds, n_steps, labels) -> tuple[torch.Tensor, np.ndarray]:
+        """DDIM from sigma0. `ddim_init: gaussian` starts each sample from its class's noisy
+        distribution at sigma0 under the stationary-Gaussian fit of the training crops,
+        N(m_c, Σ_c + σ0² I); `mean` from the training mean + σ0 z, which keeps only
+        σ0² / (λ + σ0²) of the variance λ of a direction not small against σ0² (the crop's mean
+        grey level: λ = D · Var(crop mean))."""
+        if self.s["ddim_init"] == "gaussian":
+            fit = references.StationaryGaussians(to_float(self.train["images"]), torch.from_numpy(self.train["labels"]))
+            latent = fit.noisy_sample(fit.index(torch.as_tensor(labels)), self.s["sigma0"],
+                                      samplers.sample_generators(seeds)).to(self.device)
+        else:
+            latent = samplers.ddim_init(self.shape, seeds, self.s["sigma0"], mean=self.init_mean)
         out = samplers.ddim(denoise, latent, self.schedule(n_steps), self.s["ddim_eta"], seeds)
         return out.x, out.nfe
 
@@ -215,7 +225,7 @@ def set_nfe(ctx: Context) -> dict:
         tables.append(samples.table(x, labels, [f"c2f beta={beta:g}"] * len(labels), nfe, seeds,
                                     param=np.full(len(labels), beta)))
     for steps in tqdm(ctx.s["ddim_steps"], desc="nfe: DDIM", leave=False):
-        x, nfe = ctx.ddim(den, seeds, steps)
+        x, nfe = ctx.ddim(den, seeds, steps, labels)
         log.info("nfe: DDIM %d steps, eta=%g", steps, ctx.s["ddim_eta"])
         tables.append(samples.table(x, labels, [f"ddim {steps}"] * len(labels), nfe, seeds,
                                     param=np.full(len(labels), steps)))

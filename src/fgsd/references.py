@@ -57,6 +57,14 @@ class StationaryGaussians:
         loglik = -0.5 * ((resid / var) + torch.log(var)).flatten(2).sum(2)
         return torch.softmax(loglik + self.log_prior, dim=1)
 
+    def noisy_sample(self, k: torch.Tensor, sigma: float, gens: list[torch.Generator]) -> torch.Tensor:
+        """One draw per row of N(m_k, Σ_k + σ² I), the fitted class k seen through noise σ:
+        m_k + F⁻¹[√(λ_k + σ²) · F(w)], w white (each row from its own generator)."""
+        shape = self.spectrum.shape[1:]
+        w = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens])
+        amp = torch.sqrt(self.spectrum[k] + sigma ** 2)
+        return (self.mean[k] + torch.fft.ifft2(amp * _fft(w), norm="ortho").real).float()
+
     def mixture(self, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         post = self.posterior(y, sigma)
         out = torch.zeros_like(y, dtype=torch.float64)

@@ -96,7 +96,7 @@ SAMPLE_SETS = {  # in the order their metrics appear in samples.csv
     "fewshot": SampleSet("set_fewshot", 4, "conditional", ("fewshot_n", "fewshot_per_n"),
                          Evaluation(by=("param",), real="own")),
     "nfe": SampleSet("set_nfe", 5, "conditional",
-                     ("nfe_per_class", "nfe_betas", "ddim_steps", "ddim_eta", "ddim_spacing", "exemplars"),
+                     ("nfe_per_class", "nfe_betas", "ddim_steps", "ddim_eta", "ddim_spacing", "ddim_init", "exemplars"),
                      Evaluation(by=("variant",))),
     "interpolation": SampleSet("set_interpolation", 2, "conditional",
                                ("pairs", "per_pair", "alphas", "exemplars", "inversion_steps", "ddim_spacing"),
