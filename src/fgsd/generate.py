@@ -102,6 +102,12 @@ class Context:
         s = self.s
         return samplers.sigma_schedule(s["sigma0"], self.stop, n_steps, s["ddim_spacing"])
 
+    def gaussian_draws(self, labels, seeds, sigma: float) -> torch.Tensor:
+        """Per sample, a draw of its class under the stationary-Gaussian fit of the training crops
+        (references.StationaryGaussians) seen through noise sigma."""
+        fit = references.StationaryGaussians(to_float(self.train["images"]), torch.from_numpy(self.train["labels"]))
+        return fit.noisy_sample(fit.index(torch.as_tensor(labels)), sigma, samplers.sample_generators(seeds))
+
     def ddim(self, denoise, seeds, n_steps, labels) -> tuple[torch.Tensor, np.ndarray]:
         """DDIM from sigma0. `ddim_init: gaussian` starts each sample from its class's noisy
         distribution at sigma0 under the stationary-Gaussian fit of the training crops,
@@ -109,9 +115,7 @@ class Context:
         σ0² / (λ + σ0²) of the variance λ of a direction not small against σ0² (the crop's mean
         grey level: λ = D · Var(crop mean))."""
         if self.s["ddim_init"] == "gaussian":
-            fit = references.StationaryGaussians(to_float(self.train["images"]), torch.from_numpy(self.train["labels"]))
-            latent = fit.noisy_sample(fit.index(torch.as_tensor(labels)), self.s["sigma0"],
-                                      samplers.sample_generators(seeds)).to(self.device)
+            latent = self.gaussian_draws(labels, seeds, self.s["sigma0"]).to(self.device)
         else:
             latent = samplers.ddim_init(self.shape, seeds, self.s["sigma0"], mean=self.init_mean)
         out = samplers.ddim(denoise, latent, self.schedule(n_steps), self.s["ddim_eta"], seeds)
@@ -229,6 +233,9 @@ def set_nfe(ctx: Context) -> dict:
         log.info("nfe: DDIM %d steps, eta=%g", steps, ctx.s["ddim_eta"])
         tables.append(samples.table(x, labels, [f"ddim {steps}"] * len(labels), nfe, seeds,
                                     param=np.full(len(labels), steps)))
+    # the control for DDIM's Gaussian start: what the class's Gaussian fit alone gives, no network
+    x = ctx.gaussian_draws(labels, seeds, 0.0)
+    tables.append(samples.table(x, labels, ["gaussian fit"] * len(labels), np.zeros(len(labels)), seeds))
     return samples.concat(tables)
 
 

@@ -129,6 +129,8 @@ def fig9_quality_nfe(cfg, metrics, reference, pdf, png) -> None:
         index="variant", columns="metric", values="value").reset_index()
     wide["sampler"] = np.where(wide.variant.str.startswith("ddim"), f"DDIM (η={cfg['sampling']['ddim_eta']:g})",
                                "coarse-to-fine (Alg. B)")
+    control = wide[wide.variant == "gaussian fit"]  # no network: drawn as a line, not a point at NFE 0
+    wide = wide[wide.variant != "gaussian fit"]
     n = int(t.n_samples.iloc[0])
     real = samples.read_metrics([reference], rounded=True).query(
         "set == 'real' and metric == 'kid' and extractor == 'fgsd-classifier'")
@@ -141,13 +143,16 @@ def fig9_quality_nfe(cfg, metrics, reference, pdf, png) -> None:
             for r in d.itertuples():
                 a.annotate(r.variant.split(" ", 1)[-1], (r.nfe, getattr(r, metric)), fontsize=6,
                            textcoords="offset points", xytext=(3, 3))
+        if len(control):
+            a.axhline(control[metric].iloc[0], color="0.35", ls=":", lw=1,
+                      label="class's Gaussian fit alone (no network; DDIM's start without its noise)")
         a.set_xscale("log"), a.set_xlabel("network evaluations per sample"), a.set_ylabel(label)
         a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax[1].set_ylim(-0.02, 1.02)
     if len(real):
         ax[0].axhline(real.value.iloc[0], color="grey", ls="--", lw=1, label="real train vs test crops")
-    ax[0].legend(fontsize=7)
+    ax[0].legend(fontsize=7), ax[1].legend(fontsize=7)
     fig.suptitle(f"Sample quality vs cost: {n} conditional samples per setting against held-out crops", fontsize=9)
     save(fig, pdf, png)
 

@@ -196,7 +196,8 @@ FIGURES = {
         "the coarse-to-fine sampler at several β and from DDIM at several step counts, against network evaluations "
         "per sample. Left: KID with the pipeline's in-domain classifier features against held-out test crops "
         "(error bars: std over KID subsets; dashed: real training crops against the same test crops). Right: "
-        "classifier accuracy."),
+        "classifier accuracy. Dotted: draws of each class's stationary-Gaussian fit with no network at all, "
+        "which is DDIM's start (``sampling.ddim_init: gaussian``) without its noise: DDIM is read against it."),
 }
 
 
