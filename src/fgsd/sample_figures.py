@@ -152,7 +152,7 @@ def fig9_quality_nfe(cfg, metrics, reference, pdf, png) -> None:
     ax[1].set_ylim(-0.02, 1.02)
     if len(real):
         ax[0].axhline(real.value.iloc[0], color="grey", ls="--", lw=1, label="real train vs test crops")
-    ax[0].legend(fontsize=7), ax[1].legend(fontsize=7)
+    ax[0].legend(fontsize=6, loc="best"), ax[1].legend(fontsize=6, loc="best")
     fig.suptitle(f"Sample quality vs cost: {n} conditional samples per setting against held-out crops", fontsize=9)
     save(fig, pdf, png)
 
