@@ -95,7 +95,10 @@ def test_smoke_chain_produces_every_output(smoke_run):
     assert 0 <= q["conditional"]["accuracy"]["value"] <= 1 and set(q["fewshot_accuracy_by_n_exemplars"]) == {"1", "5"}
     table = pd.read_csv(repo / "results/metrics/samples.csv")
     assert {"set", "variant", "param", "metric", "value", "n_samples", "n_real", "extractor"} <= set(table.columns)
-    assert set(table[table.set == "nfe"].variant) == {"c2f beta=0.5", "ddim 5", "ddim 10"}
+    assert set(table[table.set == "nfe"].variant) == {"c2f beta=0.5", "ddim 5", "ddim 10", "gaussian fit"}
+    seeds = summary["seeds"]  # the smoke preset trains the same replicate seeds as the default
+    assert seeds["seeds"] == [0, 1, 2] and len(seeds["conditional_minus_mixture_db"]["1"]["values"]) == 3
+    assert (repo / "results/replicates/seed2/models/conditional/model.pt").is_file()
 
 
 def test_one_figure_regenerates_alone(smoke_run):
@@ -145,15 +148,17 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["features"]["batch_size"] = 32
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
-    # centroids, and what reads the mixture/conditional features: separation, density, summary, fig4, fig5
+    # centroids, and what reads the mixture/conditional features: separation, density, summary, fig4, fig5,
+    # and fig3, which reads the per-seed curves the summary writes
     assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
-        "centroids": 3, "separation": 1, "density": 1, "summary": 1, "figure": 2, "provenance": 1, "all": 1}
+        "centroids": 3, "separation": 1, "density": 1, "summary": 1, "figure": 3, "provenance": 1, "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["train"]["single"]["steps"] = 21
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
     jobs = planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")])
-    # train_single, centroids_single, and the sweep that uses the single-class model (summary, fig3)
-    assert jobs == {"train": 1, "centroids": 1, "sweep": 1, "summary": 1, "figure": 1, "provenance": 1, "all": 1}
+    # train_single (both seeds), centroids_single, and the sweeps that use the single-class model (summary, fig3)
+    assert jobs == {"train": 1, "train_replicate": 2, "centroids": 1, "sweep": 1, "sweep_replicate": 2, "summary": 1,
+                    "figure": 1, "provenance": 1, "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["analysis"]["fig2_sigmas"] = [1.0]
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
