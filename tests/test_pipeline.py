@@ -306,35 +306,42 @@ def test_dvc_commit_after_snakemake_leaves_nothing_to_rerun(smoke_run):
     assert planned_jobs(smoke_run, SMOKE) == {}
 
 
-def _job_running_for(pids: list[int], stage: str) -> float:
-    """Seconds the oldest running `python -m fgsd <stage>` job under `pids` has run (0: none)."""
+def _jobs_running(pid: int, stage: str) -> list[tuple[float, str]]:
+    """(seconds running, log file) of each `python -m fgsd <stage>` job under process `pid`."""
     import time
 
     import psutil
-    ages = []
-    for pid in pids:
+    found = []
+    try:
+        procs = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for p in procs:
         try:
-            procs = psutil.Process(pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                cmd = p.cmdline()
-                if cmd[1:4] == ["-m", "fgsd", stage]:
-                    ages.append(time.time() - p.create_time())
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-    return max(ages, default=0.0)
+            cmd = p.cmdline()
+            if cmd[1:4] == ["-m", "fgsd", stage]:
+                found.append((time.time() - p.create_time(), cmd[cmd.index("--log") + 1] if "--log" in cmd else ""))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
 
 
-# Where the run is killed: a job of each stage, this many seconds after it started (past the
-# imports, inside the work; a training once it has saved resumable state); each kill is followed
-# by a restart, as a user would do it.
-KILLS = (("train", 0.5), ("sample", 3.5), ("evaluate", 3.0), ("figure", 3.0))
+# Where the run is killed, each time followed by a restart as a user would do it: a training once it
+# has saved resumable state; a sampling job once it has loaded its model (its log says where the
+# samplers stop); an evaluation and a figure job 2 s after they started (past the imports).
+KILLS = (("train", 0.5, None), ("sample", 0.0, "samplers stop at"), ("evaluate", 2.0, None), ("figure", 2.0, None))
 
 
 def _state_saved(repo: Path) -> bool:
     return any(".state" in p.parts for p in (repo / "results").rglob("*.pt"))
+
+
+def _ready_to_kill(repo: Path, pid: int, stage: str, after: float, marker: str | None) -> bool:
+    for age, log in _jobs_running(pid, stage):
+        text = (repo / log).read_text() if marker and log and (repo / log).is_file() else ""
+        if age >= after and (marker is None or marker in text) and (stage != "train" or _state_saved(repo)):
+            return True
+    return False
 
 
 def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
@@ -346,14 +353,14 @@ def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
     repo = copy_repo(tmp_path)
     cmd = ["snakemake", "--cores", "2", "--rerun-incomplete", *SMOKE]
     env = dict(ENV, PYTHONPATH=str(repo / "src"))
-    for stage, after in KILLS:
+    for stage, after, marker in KILLS:
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.time() + 600
-        while _job_running_for([proc.pid], stage) < after or (stage == "train" and not _state_saved(repo)):
-            assert proc.poll() is None, f"the run ended before a {stage} job ran for {after} s"
+        while not _ready_to_kill(repo, proc.pid, stage, after, marker):
+            assert proc.poll() is None, f"the run ended before a {stage} job reached its kill point"
             assert time.time() < deadline
-            time.sleep(0.1)
+            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         run(["snakemake", "--unlock", *SMOKE], repo)

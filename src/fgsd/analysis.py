@@ -36,10 +36,11 @@ def _tile(cond: dict, n: int, device) -> dict:
 
 @torch.no_grad()
 def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str | Path, data: str | Path,
-          table: str | Path, references_json: str | Path, device="auto") -> None:
+          table: str | Path, references_json: str | Path | None = None, device="auto") -> None:
     """Output PSNR of every test crop at every sigma, for each denoiser and conditioning, beside
     the reference denoisers that need no training (`references.py`, fitted to the training
-    crops; model names trivial-mean, gaussian-mixture, gaussian-class). references_json: G∞."""
+    crops; model names trivial-mean, gaussian-mixture, gaussian-class). references_json: G∞ (the
+    replicate sweeps leave it out: it does not depend on the training seed)."""
     a, seed, dev = cfg["analysis"], cfg["seed"], resolve_device(device)
     test, train = load_split(data, "test"), load_split(data, "train")
     classes = [str(c) for c in test["classes"]]
@@ -88,7 +89,8 @@ def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str |
     files.save_csv(table, pd.DataFrame(rows))
     g_inf = references.g_infinity(x_train, l_train)
     log.info("G_inf (class-known minus class-blind MMSE gain as sigma -> inf): %.2f dB", g_inf)
-    files.save_json(references_json, dict(g_infinity_db=g_inf, n_train=len(x_train), n_classes=len(gauss.classes)))
+    if references_json is not None:
+        files.save_json(references_json, dict(g_infinity_db=g_inf, n_train=len(x_train), n_classes=len(gauss.classes)))
 
 
 def separation(phi_mixture: str | Path, phi_conditional: str | Path, table: str | Path) -> None:

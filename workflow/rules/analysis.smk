@@ -29,7 +29,6 @@ rule sweep_replicate:  # the same sweep (same test noise) on the models of one m
         code=code("sweep"),
     output:
         table=stages.REPLICATE_SWEEP,
-        references_json=stages.REPLICATE + "/references.json",
         prov="results/provenance/replicates/sweep_seed{rseed}.json",
     params:
         tracked=tracked("sweep"),
