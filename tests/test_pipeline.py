@@ -329,14 +329,15 @@ def _jobs_running(pid: int, stage: str) -> list[tuple[float, str]]:
 # Where the run is killed, each time followed by a restart as a user would do it: a training once it
 # has saved resumable state; a sampling job once it has loaded its model (its log says where the
 # samplers stop); an evaluation and a figure job 2 s after they started (past the imports).
-KILLS = (("train", 0.5, None), ("sample", 0.0, "samplers stop at"), ("evaluate", 2.0, None), ("figure", 2.0, None))
+KILLS = {"train": (0.5, None), "sample": (0.0, "samplers stop at"), "evaluate": (2.0, None), "figure": (2.0, None)}
 
 
 def _state_saved(repo: Path) -> bool:
     return any(".state" in p.parts for p in (repo / "results").rglob("*.pt"))
 
 
-def _ready_to_kill(repo: Path, pid: int, stage: str, after: float, marker: str | None) -> bool:
+def _ready_to_kill(repo: Path, pid: int, stage: str) -> bool:
+    after, marker = KILLS[stage]
     for age, log in _jobs_running(pid, stage):
         text = (repo / log).read_text() if marker and log and (repo / log).is_file() else ""
         if age >= after and (marker is None or marker in text) and (stage != "train" or _state_saved(repo)):
@@ -345,24 +346,33 @@ def _ready_to_kill(repo: Path, pid: int, stage: str, after: float, marker: str |
 
 
 def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
-    """SIGKILL the whole smoke run in the middle of a training, a sampling, an evaluation and a
-    figure job; after `snakemake --unlock` and a rerun with --rerun-incomplete, every output is
-    byte-identical to the uninterrupted run and no temp file or resumable state is left."""
+    """On a copy of the finished smoke run with a replicate model and a sample set removed (so a
+    training, a sampling, an evaluation and figures must run again), SIGKILL the whole run in the
+    middle of a job of each kind, whichever comes first; after `snakemake --unlock` and a rerun
+    with --rerun-incomplete each time, every output is byte-identical to the uninterrupted run
+    and no temp file or resumable state is left."""
     import signal
     import time
-    repo = copy_repo(tmp_path)
+    repo = tmp_path / "repo"
+    shutil.copytree(smoke_run, repo, symlinks=True)  # mtimes kept: only what is removed, and what follows, runs
+    shutil.rmtree(repo / "results/replicates/seed2/models/mixture")
+    (repo / "results/samples/nfe.npz").unlink()
     cmd = ["snakemake", "--cores", "2", "--rerun-incomplete", *SMOKE]
     env = dict(ENV, PYTHONPATH=str(repo / "src"))
-    for stage, after, marker in KILLS:
+    left = list(KILLS)
+    while left:
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        deadline = time.time() + 600
-        while not _ready_to_kill(repo, proc.pid, stage, after, marker):
-            assert proc.poll() is None, f"the run ended before a {stage} job reached its kill point"
+        deadline = time.time() + 300
+        killed = None
+        while killed is None:
+            killed = next((stage for stage in left if _ready_to_kill(repo, proc.pid, stage)), None)
+            assert killed or proc.poll() is None, f"the run ended before a job of each of {left} could be killed"
             assert time.time() < deadline
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        left.remove(killed)
         run(["snakemake", "--unlock", *SMOKE], repo)
     run(cmd, repo)
 
@@ -374,5 +384,5 @@ def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
     assert sorted(map(str, got.keys() - want.keys())) == [], "files the uninterrupted run does not have"
     assert sorted(map(str, want.keys() - got.keys())) == [], "outputs missing after the restarts"
     assert sorted(str(k) for k in want if want[k] != got[k]) == [], "outputs that differ from the uninterrupted run"
-    assert "resuming" in "".join(p.read_text() for p in (repo / "results/logs").rglob("train_*.log")), \
+    assert "resuming" in (repo / "results/logs/replicates/train_mixture_seed2.log").read_text(), \
         "the killed training did not resume from its saved state"
