@@ -91,12 +91,12 @@ def fig2_denoising_grid(cfg, conditional, mixture, data, pdf, png) -> None:
 def _seed_band(ax, by_seed, model, conditioning, label, color) -> None:
     """Mean over training seeds, and ± one std over seeds as a band (two or more seeds)."""
     d = by_seed[(by_seed.model == model) & (by_seed.conditioning == conditioning)]
-    g = d.groupby("sigma").gain
-    x = -20 * np.log10(g.mean().index.to_numpy())
+    mean, std = (d.groupby("sigma").gain.agg(how) for how in ("mean", "std"))
+    x = -20 * np.log10(mean.index.to_numpy())
     n = d.seed.nunique()
-    ax.plot(x, g.mean().values, marker="o", color=color, label=f"{label} ({n} seed{'s' if n > 1 else ''})")
+    ax.plot(x, mean.values, marker="o", color=color, label=f"{label} ({n} seed{'s' if n > 1 else ''})")
     if n > 1:
-        ax.fill_between(x, (g.mean() - g.std()).values, (g.mean() + g.std()).values, color=color, alpha=0.25, lw=0)
+        ax.fill_between(x, (mean - std).values, (mean + std).values, color=color, alpha=0.25, lw=0)
 
 
 def fig3_psnr_gain(cfg, sweep, by_seed, pdf, png) -> None:

@@ -16,6 +16,7 @@ Sets:
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -102,10 +103,14 @@ class Context:
         s = self.s
         return samplers.sigma_schedule(s["sigma0"], self.stop, n_steps, s["ddim_spacing"])
 
+    @functools.cached_property
+    def gaussian_fit(self) -> references.StationaryGaussians:
+        """The stationary-Gaussian fit of the training crops, once per set (every DDIM run uses it)."""
+        return references.StationaryGaussians(to_float(self.train["images"]), torch.from_numpy(self.train["labels"]))
+
     def gaussian_draws(self, labels, seeds, sigma: float) -> torch.Tensor:
-        """Per sample, a draw of its class under the stationary-Gaussian fit of the training crops
-        (references.StationaryGaussians) seen through noise sigma."""
-        fit = references.StationaryGaussians(to_float(self.train["images"]), torch.from_numpy(self.train["labels"]))
+        """Per sample, a draw of its class under the Gaussian fit, seen through noise sigma."""
+        fit = self.gaussian_fit
         return fit.noisy_sample(fit.index(torch.as_tensor(labels)), sigma, samplers.sample_generators(seeds))
 
     def ddim(self, denoise, seeds, n_steps, labels) -> tuple[torch.Tensor, np.ndarray]:

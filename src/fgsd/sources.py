@@ -100,7 +100,8 @@ def _jpeg_warnings(data: bytes) -> str:
 def _to_8bit(im: Image.Image, origin: str) -> Image.Image:
     """16-bit grey images scaled to 8 bits (x / 257, rounded): Pillow's own convert("L") clips
     them, which turns most 16-bit images white. Float or 32-bit images are refused (no known range)."""
-    if im.mode.startswith("I;16") or (im.mode == "I" and 0 <= im.getextrema()[0] and im.getextrema()[1] <= 65535):
+    lo, hi = im.getextrema() if im.mode == "I" else (0, 0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and 0 <= lo and hi <= 65535):
         log.info("16-bit image %s converted to 8 bits (x / 257)", origin)
         return Image.fromarray(np.round(np.asarray(im, np.float64) / 257).astype(np.uint8))
     if im.mode in ("I", "F"):
@@ -329,8 +330,9 @@ def folder(color: bool, folder: str | None = None, **_) -> tuple[list[RawClass],
     subdirs = [p for p in _entries(root) if p.is_dir() and not p.name.startswith(".")]
     images = lambda d: [p for p in _entries(d) if p.suffix.lower() in IMAGE_SUFFIXES]
     if subdirs:
-        classes = [RawClass(d.name, images=[_read_file(p, color) for p in images(d)], origin=str(d),
-                            files=[str(p) for p in images(d)]) for d in subdirs]
+        listed = {d: images(d) for d in subdirs}
+        classes = [RawClass(d.name, images=[_read_file(p, color) for p in paths], origin=str(d),
+                            files=[str(p) for p in paths]) for d, paths in listed.items()]
     else:
         classes = [RawClass(p.stem, texture=_read_file(p, color), origin=str(p)) for p in images(root)]
     if not classes:

@@ -99,7 +99,7 @@ def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
     out = {"seeds": list(per_seed), "n_seeds": len(per_seed)}
     for metric in next(iter(per_seed.values())):
         values = pd.DataFrame({seed: v[metric] for seed, v in per_seed.items()})  # rows: sigma, columns: seed
-        std = values.std(axis=1, ddof=1) if len(per_seed) > 1 else values.iloc[:, 0] * float("nan")
+        std = values.std(axis=1, ddof=1)  # NaN with one seed
         out[metric] = {s: {"mean": float(values.loc[s].mean()), "std": None if pd.isna(std[s]) else float(std[s]),
                            "values": [float(v) for v in values.loc[s]]} for s in values.index}
     return out

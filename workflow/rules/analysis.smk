@@ -22,27 +22,18 @@ rule sweep:
         "python -m fgsd sweep {params.args} --log {log} --provenance {output.prov}"
 
 
-rule sweep_replicate:  # the same sweep (same test noise) on the models of one more training seed
+use rule sweep as sweep_replicate with:  # the same sweep (same test noise) on another training seed's models
     input:
         DATA_FILES,
         **{kind: stages.REPLICATE_MODEL.replace("{kind}", kind) for kind in KINDS},
         code=code("sweep"),
-    output:
+    output:  # no references.json: G-infinity does not depend on the training seed
         table=stages.REPLICATE_SWEEP,
         prov="results/provenance/replicates/sweep_seed{rseed}.json",
-    params:
-        tracked=tracked("sweep"),
-        spec=spec("sweep"),
-        args=args(data=DATA),
     log:
         "results/logs/replicates/sweep_seed{rseed}.log",
     benchmark:
         "results/benchmarks/replicates/sweep_seed{rseed}.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
-    resources:
-        gpu=GPU,
-    shell:
-        "python -m fgsd sweep {params.args} --log {log} --provenance {output.prov}"
 
 
 rule separation:

@@ -25,10 +25,13 @@ rule train:
         "python -m fgsd train {wildcards.kind} {params.args} --log {log} --provenance {output.prov}"
 
 
-rule train_replicate:  # the same training with another seed (train.replicate_seeds): the seed spread
-    input:
-        DATA_FILES,
-        code=code("train"),
+def _replicate_args(wildcards, input, output):
+    """The train rule's arguments for another training seed: its own state folder, and --seed."""
+    state = stages.REPLICATE.format(rseed=wildcards.rseed) + "/.state"
+    return args(data=DATA, state=state)(wildcards, input, output) + f" --seed {wildcards.rseed}"
+
+
+use rule train as train_replicate with:  # the same training with another seed (train.replicate_seeds)
     output:
         model=stages.REPLICATE_MODEL,
         train_log=stages.REPLICATE + "/models/{kind}/train_log.csv",
@@ -38,16 +41,8 @@ rule train_replicate:  # the same training with another seed (train.replicate_se
     params:
         tracked=tracked("train"),
         spec=spec("train"),
-        args=args(data=DATA, state=lambda wildcards: stages.REPLICATE.format(rseed=wildcards.rseed) + "/.state"),
+        args=_replicate_args,
     log:
         "results/logs/replicates/train_{kind}_seed{rseed}.log",
     benchmark:
         "results/benchmarks/replicates/train_{kind}_seed{rseed}.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
-    resources:
-        gpu=GPU,
-        mem_mb=4000,
-        runtime=120,
-    shell:
-        "python -m fgsd train {wildcards.kind} {params.args} --seed {wildcards.rseed} --log {log} "
-        "--provenance {output.prov}"
