@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import train_into
 
-from fgsd import checkpoints, data, denoisers, files, generate, network, stages
+from fgsd import checkpoints, data, denoisers, files, generate, network, samplers, stages
 from fgsd.runtime import to_float
 
 
@@ -145,3 +145,19 @@ def test_samplers_stop_at_the_networks_own_error_floor():
     assert generate.stop_level(Offset(0.002), clean, 0.01, 1.25, 1.0, "cpu") == 0.01, "never below sigma_final"
     assert generate.stop_level(Offset(0.02), clean, 0.01, 0.0, 1.0, "cpu") == 0.01, "factor 0: sigma_final only"
     assert generate.stop_level(Offset(0.9), clean, 0.01, 1.25, 1.0, "cpu") == 0.5, "at most half of sigma0"
+
+
+def test_ddim_starts_where_sampling_ddim_init_says(trained):
+    """With a denoiser that returns its input, DDIM ends where it started: the class's Gaussian
+    draw through sigma0 (`gaussian`), or the training mean plus sigma0 noise (`mean`)."""
+    cfg, tmp = trained
+    identity = lambda y, sigma, rows: y
+    labels, seeds = np.array([0, 1, 2]), [5, 6, 7]
+    for init in ("gaussian", "mean"):
+        cfg = {**cfg, "sampling": {**cfg["sampling"], "ddim_init": init}}
+        ctx = generate.Context(cfg, "nfe", _model(tmp, "nfe"), tmp / "data", "cpu")
+        ctx.stop = 0.05
+        x, _ = ctx.ddim(identity, seeds, 4, labels)
+        want = (ctx.gaussian_draws(labels, seeds, cfg["sampling"]["sigma0"]) if init == "gaussian" else
+                samplers.ddim_init(ctx.shape, seeds, cfg["sampling"]["sigma0"], mean=ctx.init_mean))
+        torch.testing.assert_close(x, want)
