@@ -1,12 +1,14 @@
 """Sample sets on tiny trained models: every set writes the shared columns, the same seed gives
 byte-identical files, interpolation rows share their noise, and class mixing switches the
 conditioner at the requested noise level."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import train_into
 
-from fgsd import checkpoints, data, denoisers, files, generate, network, samplers, stages
+from fgsd import checkpoints, data, denoisers, files, generate, guide, network, samplers, stages
 from fgsd.runtime import to_float
 
 
@@ -25,6 +27,9 @@ def trained(tmp_path_factory):
     for kind in ("mixture", "conditional"):
         cfg["train"][kind]["steps"] = 40
         train_into(cfg, kind, tmp / "data", tmp / "models" / kind, tmp / "state", device="cpu")
+    cfg["guide"].update(steps=40, batch_size=16, eval_every=20, checkpoint_every=100)
+    g = tmp / "models" / "guide"
+    guide.train_guide(cfg, tmp / "data", g / "model.pt", g / "train_log.csv", g / "metrics.json", tmp / "state", "cpu")
     cfg["sampling"].update(sigma_final=0.1, beta=0.5, h0=0.05, fewshot_n=[1, 5, 500])
     return cfg, tmp
 
@@ -33,18 +38,24 @@ def _model(tmp, name):
     return tmp / "models" / stages.SAMPLE_SETS[name].model / "model.pt"
 
 
+def _inputs(tmp, name):
+    """The set's files beyond model and data (the guide), as the rule passes them."""
+    return {k: tmp / "models" / Path(v).parent.name / "model.pt" for k, v in stages.SAMPLE_SETS[name].inputs.items()}
+
+
 @pytest.mark.parametrize("name", stages.SAMPLE_SETS)
 def test_every_set_writes_the_shared_columns(trained, name):
     cfg, tmp = trained
     out = tmp / f"{name}.npz"
-    generate.generate(cfg, name, _model(tmp, name), tmp / "data", out, "cpu")
+    generate.generate(cfg, name, _model(tmp, name), tmp / "data", out, "cpu", seconds=tmp / f"{name}.csv",
+                      **_inputs(tmp, name))
     t = files.load_npz(out)
     n = len(t["images"])
     assert n > 0 and t["images"].dtype == np.uint8 and t["images"].shape[1:] == (1, 16, 16)
     for col in ("label", "class_b", "variant", "param", "nfe", "seed"):
         assert len(t[col]) == n, col
     assert (t["nfe"][t["variant"] != "gaussian fit"] > 1).all()  # the one row that uses no network
-    generate.generate(cfg, name, _model(tmp, name), tmp / "data", tmp / f"{name}-again.npz", "cpu")
+    generate.generate(cfg, name, _model(tmp, name), tmp / "data", tmp / f"{name}-again.npz", "cpu", **_inputs(tmp, name))
     assert out.read_bytes() == (tmp / f"{name}-again.npz").read_bytes(), "same seed, same file"
 
 
@@ -70,8 +81,41 @@ def test_set_contents(trained):
     nfe = files.load_npz(tmp / "nfe.npz")
     ddim = [v for v in dict.fromkeys(nfe["variant"]) if v.startswith("ddim")]
     assert (nfe["nfe"][nfe["variant"] == "gaussian fit"] == 0).all()
-    assert ddim == [f"ddim {k}" for k in s["ddim_steps"]]
+    assert ddim == [f"ddim {k}" for k in s["ddim_steps"]] + [f"ddim {k} mixture start" for k in s["ddim_steps"]]
     assert all((nfe["nfe"][nfe["variant"] == f"ddim {k}"] == k + 1).all() for k in s["ddim_steps"])
+    k = s["ddim_steps"][-1]
+    assert not np.array_equal(nfe["images"][nfe["variant"] == f"ddim {k}"],
+                              nfe["images"][nfe["variant"] == f"ddim {k} mixture start"]), "the start knows no class"
+    gflop = nfe["gflop"] / np.maximum(nfe["nfe"], 1)
+    assert np.allclose(gflop[nfe["nfe"] > 0], gflop[nfe["nfe"] > 0][0]), "one denoiser call costs the same everywhere"
+
+
+def test_guidance_set_counts_the_guide_and_keeps_seeds_across_scales(trained):
+    """Every scale x sampler draws the same seeds and labels; s = 0 calls no guide and costs the
+    denoiser alone; s > 0 calls the guide once per denoiser call and costs more; guidance moves
+    the samples."""
+    cfg, tmp = trained
+    t = files.load_npz(tmp / "guidance.npz")
+    s = cfg["sampling"]
+    blocks = list(dict.fromkeys(zip(t["param"].tolist(), t["variant"].tolist())))
+    assert {p for p, _ in blocks} == set(s["guidance_scales"]) and len({v for _, v in blocks}) == 3
+    first = (t["param"] == blocks[0][0]) & (t["variant"] == blocks[0][1])
+    assert np.bincount(t["label"][first]).tolist() == [s["guidance_per_class"]] * 3
+    for p, v in blocks:
+        k = (t["param"] == p) & (t["variant"] == v)
+        assert np.array_equal(t["seed"][k], t["seed"][first]) and np.array_equal(t["label"][k], t["label"][first])
+        if p == 0:
+            assert (t["guide_nfe"][k] == 0).all()
+        else:
+            assert (t["guide_nfe"][k] == t["nfe"][k]).all()
+    per_call = t["gflop"] / t["nfe"]
+    assert (per_call[t["param"] > 0] > 1.3 * per_call[t["param"] == 0].max()).all()
+    ddim = [v for _, v in blocks if v.startswith("ddim")][0]
+    lo, hi = min(s["guidance_scales"]), max(s["guidance_scales"])
+    assert not np.array_equal(t["images"][(t["param"] == lo) & (t["variant"] == ddim)],
+                              t["images"][(t["param"] == hi) & (t["variant"] == ddim)])
+    seconds = files.load_csv(tmp / "guidance.csv")
+    assert len(seconds) == len(blocks) and (seconds.seconds > 0).all()
 
 
 class Recorder(torch.nn.Module):

@@ -81,10 +81,10 @@ def test_smoke_chain_produces_every_output(smoke_run):
         assert "trained" in (repo / f"results/logs/train_{kind}.log").read_text()
     assert not any((repo / "results/.state").glob("*.pt")), "finished runs leave no resumable state"
     for name in ("fig2_denoising_grid", "fig3_psnr_gain", "fig4_separation", "fig5_density_distance",
-                 "fig6_samples", "fig7_interpolation", "fig8_fewshot", "fig9_quality_nfe"):
+                 "fig6_samples", "fig7_interpolation", "fig8_fewshot", "fig9_quality_nfe", "fig10_guidance"):
         for ext in ("pdf", "png"):
             assert (repo / f"results/figures/{name}.{ext}").stat().st_size > 1000
-    for name in ("conditional", "mixture", "interpolation", "mixing", "fewshot", "nfe", "inversion"):
+    for name in ("conditional", "mixture", "interpolation", "mixing", "fewshot", "nfe", "inversion", "guidance"):
         assert len(files.load_npz(repo / f"results/samples/{name}.npz")["images"]) > 0
     summary = files.load_json(repo / "results/metrics/summary.json")
     assert set(summary) >= {"psnr_gain_conditional_minus_mixture_db", "separation_median_ratio",
@@ -95,7 +95,10 @@ def test_smoke_chain_produces_every_output(smoke_run):
     assert 0 <= q["conditional"]["accuracy"]["value"] <= 1 and set(q["fewshot_accuracy_by_n_exemplars"]) == {"1", "5"}
     table = pd.read_csv(repo / "results/metrics/samples.csv")
     assert {"set", "variant", "param", "metric", "value", "n_samples", "n_real", "extractor"} <= set(table.columns)
-    assert set(table[table.set == "nfe"].variant) == {"c2f beta=0.5", "ddim 5", "ddim 10", "gaussian fit"}
+    assert set(table[table.set == "nfe"].variant) == {"c2f beta=0.5", "ddim 5", "ddim 10", "gaussian fit",
+                                                      "ddim 5 mixture start", "ddim 10 mixture start"}
+    assert {r["method"] for r in summary["method_comparison"]} == {"mixture model", "ADM-G", "FGSD"}
+    assert 0 <= summary["guide"]["accuracy"] <= 1 and (repo / "results/benchmarks/seconds_guidance.csv").is_file()
     seeds = summary["seeds"]  # the smoke preset trains the same replicate seeds as the default
     assert seeds["seeds"] == [0, 1, 2] and len(seeds["conditional_minus_mixture_db"]["1"]["values"]) == 3
     assert (repo / "results/replicates/seed2/models/conditional/model.pt").is_file()
@@ -231,7 +234,7 @@ def test_paper_preset_plans_the_whole_dag(tmp_path):
     itself is not fetched here (about 1.4 GB; see the README)."""
     repo = copy_repo(tmp_path)
     jobs = planned_jobs(repo, ["--configfile", "config/paper.yaml"])
-    assert jobs["data"] == 1 and jobs["train"] == 3 and jobs["sample"] == 7 and jobs["figure"] == 8
+    assert jobs["data"] == 1 and jobs["train"] == 3 and jobs["sample"] == 8 and jobs["figure"] == 9
 
 
 def test_dvc_repro_runs_the_same_stages(tmp_path):

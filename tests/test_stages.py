@@ -33,7 +33,7 @@ def test_seed_ids_are_fixed_and_distinct():
     """A set's noise seeds depend on its id alone, so the ids of existing sets never change."""
     ids = {name: row.seed_id for name, row in stages.SAMPLE_SETS.items()}
     assert ids == {"conditional": 0, "mixture": 1, "interpolation": 2, "mixing": 3, "fewshot": 4, "nfe": 5,
-                   "inversion": 6}
+                   "inversion": 6, "guidance": 7}
     assert len(set(ids.values())) == len(ids)
 
 

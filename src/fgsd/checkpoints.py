@@ -9,7 +9,7 @@ from pathlib import Path
 from . import files
 from .errors import FgsdError
 
-KINDS = ("mixture", "conditional", "single", "classifier")
+KINDS = ("mixture", "conditional", "single", "classifier", "guide")
 
 
 def save(path: str | Path, kind: str, model, **meta) -> None:

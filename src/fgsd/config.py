@@ -178,6 +178,11 @@ def check(cfg: dict, paths: list, raw: list[dict]) -> None:
     need(s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be below sampling.sigma0", "sampling.sigma0")
     need(a["kl_sigma_min"] < a["kl_sigma_max"], "analysis.kl_sigma_min", "must be below analysis.kl_sigma_max",
          "analysis.kl_sigma_max")
+    g = cfg["guide"]
+    need(all(g["width"] * m % g["groups"] == 0 for m in g["channel_mult"]), "guide.groups",
+         "must divide the width of every guide level (guide.width x guide.channel_mult)", "guide.width")
+    need(d["crop_size"] % 2 ** (len(g["channel_mult"]) - 1) == 0, "guide.channel_mult",
+         "has more levels than halvings of data.crop_size", "data.crop_size")
     weights = cfg["evaluate"]["inception_weights"]
     need(weights is None or Path(weights).expanduser().is_file(), "evaluate.inception_weights",
          "is not an existing file (null = in-domain features only)")

@@ -7,7 +7,9 @@ y: a batch of noisy images; sigma: (B,) noise level of each row (a blind network
 samplers pass their estimate, DDIM its schedule); rows: (B,) indices of these images in the
 caller's full batch, so a denoiser can carry per-sample state (a class centroid, a label)
 while samplers drop finished samples from the batch. x_hat = E[x | y] for an MMSE denoiser:
-x_hat = y + sigma^2 grad log p_sigma(y) (Miyasawa / Tweedie, METHOD.md §2.1).
+x_hat = y + sigma^2 grad log p_sigma(y) (Miyasawa / Tweedie, METHOD.md §2.1). A denoiser may
+also set `noise_estimate` (B,) on each call: the blind sampler then reads the noise level from
+it instead of from its residual (classifier guidance keeps the unguided level that way).
 """
 from __future__ import annotations
 
@@ -90,3 +92,54 @@ def per_sample(phis: list[dict]) -> dict:
 def mix(pa: dict, pb: dict, alpha: float) -> dict:
     """phi_alpha = (1 - alpha) phi_a + alpha phi_b (Algorithm C)."""
     return {b: (1 - alpha) * pa[b] + alpha * pb[b] for b in pa}
+
+
+# --- classifier guidance (ADM-G) around any denoiser ------------------------------------------------
+class Guided:
+    """ADM-G in VE form (BASELINES.md §1.2):
+
+        x^_s(y, sigma) = x^(y) + s sigma^2 grad_y log p(c | y, sigma)
+
+    Why this is ADM's DDIM rule: with x_t = sqrt(a) x_sigma and sigma^2 = (1 - a) / a, ADM shifts
+    eps^ by -sqrt(1 - a) s grad_{x_t} log p, which moves x0^ by ((1 - a) / sqrt(a)) s grad_{x_t}
+    log p = s ((1 - a) / a) sqrt(a) grad_{x_t} log p = s sigma^2 grad_{x_sigma} log p, since
+    grad_{x_sigma} = sqrt(a) grad_{x_t}. VE DDIM depends only on (x0^, eps^), so this denoiser
+    inside `samplers.ddim` is ADM-G DDIM for every eta; in `coarse_to_fine` the same shift
+    enters the residual d. With the exact p(c | y, sigma) and s = 1 it is the exact class-c
+    denoiser (Tweedie: grad log p(y | c) = grad log p(y) + grad log p(c | y)).
+
+    guide(y, sigma) -> logits (B, K), differentiable in y; labels (N,): each caller row's class.
+    sigma_from: 'sampler' uses the level the sampler hands in (DDIM knows it); 'residual'
+    uses sigma^ = ||x^(y) - y|| / sqrt(D) of the unguided denoiser (the blind sampler's own
+    estimate), recorded per row in `noise_estimate` so that coarse-to-fine steps and stops on
+    the unguided level and s leaves its schedule alone (expose_estimate=False: the sampler reads
+    the guided residual instead). s = 0 returns x^ untouched, without
+    calling the guide. `guide_calls` counts guide forward+backward passes per caller row."""
+
+    def __init__(self, denoise: Denoiser, guide, labels, scale: float, sigma_from: str = "sampler",
+                 expose_estimate: bool = True):
+        if sigma_from not in ("sampler", "residual"):
+            raise ValueError(f"sigma_from must be 'sampler' or 'residual', not {sigma_from!r}")
+        self.denoise, self.guide, self.labels = denoise, guide, torch.as_tensor(labels).long()
+        self.scale, self.sigma_from, self.expose = float(scale), sigma_from, expose_estimate
+        self.guide_calls = torch.zeros(len(self.labels), dtype=torch.long)
+        self.noise_estimate: torch.Tensor | None = None
+
+    def __call__(self, y: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        x = self.denoise(y, sigma, rows)
+        if self.scale == 0:
+            return x
+        residual = (x - y).flatten(1).norm(dim=1) / y[0].numel() ** 0.5
+        if self.sigma_from == "residual" and self.expose:
+            self.noise_estimate = residual
+        level = (residual if self.sigma_from == "residual" else sigma).detach().to(y.dtype)
+        self.guide_calls[rows.cpu()] += 1
+        return x + self.scale * level.view(-1, *[1] * (y.dim() - 1)) ** 2 * self.grad_log_prob(y, level, rows)
+
+    def grad_log_prob(self, y: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """grad_y log p(c_row | y, sigma) by autograd through the guide (its input scaling included)."""
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            logp = torch.log_softmax(self.guide(y, sigma), dim=1)
+            picked = logp.gather(1, self.labels[rows.cpu()].to(logp.device).view(-1, 1)).sum()
+            return torch.autograd.grad(picked, y)[0].detach()

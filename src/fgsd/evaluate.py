@@ -128,9 +128,10 @@ class Evaluator:
         self.rows.append(dict(set=set_name, variant=variant, param=param, metric=metric, value=float(value),
                               n_samples=int(n_samples), n_real=int(n_real), extractor=extractor))
 
-    def group(self, set_name, variant, param, images: np.ndarray, labels: np.ndarray, real_classes, nfe=None,
-              memorisation=True):
-        """Accuracy (when labelled), class coverage, fidelity metrics and memorisation of one group."""
+    def group(self, set_name, variant, param, images: np.ndarray, labels: np.ndarray, real_classes,
+              cost: dict | None = None, memorisation=True):
+        """Accuracy (when labelled), class coverage, the mean cost per sample (`samples.COST`
+        columns the set has), fidelity metrics and memorisation of one group."""
         x = to_float(images)
         real = self.real(real_classes)
         n, add = len(x), lambda *a, **k: self.add(set_name, variant, param, *a, **k)
@@ -138,8 +139,8 @@ class Evaluator:
         if (labels >= 0).all():
             add("accuracy", (pred.numpy() == labels).mean(), n, 0)
         add("classes_covered", len(np.unique(pred.numpy())), n, 0)
-        if nfe is not None:
-            add("nfe", np.mean(nfe), n, 0)
+        for column, values in (cost or {}).items():
+            add(column, np.mean(values), n, 0)
         for name, weights in self.extractors:
             for metric, value in fidelity(images, real, name, weights, self.e["kid_subset_size"], self.seed,
                                           self.device).items():
@@ -177,7 +178,7 @@ def score_fidelity(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) -
             k &= t[column] == value
         variant = str(t["variant"][k][0])
         param = t["param"][k][0] if spec.by else 0
-        ev.group(name, variant, param, t["images"][k], t["label"][k], real, t["nfe"][k])
+        ev.group(name, variant, param, t["images"][k], t["label"][k], real, {c: t[c][k] for c in samples.COST if c in t})
 
 
 def score_pairs(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) -> None:

@@ -11,25 +11,37 @@ Sets:
 - mixing:        Algorithm C', phi_a while the estimated sigma is above a switch level, phi_b below.
 - fewshot:       Algorithm B for the held-out classes, centroid from N of their crops.
 - nfe:           quality vs network evaluations: coarse-to-fine at several beta, DDIM at several
-                 step counts, same classes and centroids.
+                 step counts started from the class's noisy Gaussian fit and from the mixture's,
+                 same classes and centroids.
 - inversion:     DDIM inversion round trips of test crops (`reference` holds the originals).
+- guidance:      ADM-G, the baseline: the mixture model guided by the noise-aware classifier
+                 (`guide.py`, `denoisers.Guided`) toward each seen class, at every scale of
+                 `sampling.guidance_scales` (the same seeds at each), through coarse-to-fine and
+                 DDIM (eta 0 and 1).
+
+Every set records its cost: `nfe` (denoiser calls per sample), `gflop` per sample (torch's
+FLOP counter on one call: machine-independent, so comparable across methods and runs) and, for
+guidance, `guide_nfe` (guide forward+backward passes). Wall-clock seconds per block of samples
+go to the `seconds` table, which is a benchmark: it differs from run to run by nature.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, references, samplers, samples, stages
+from . import checkpoints, files, references, samplers, samples, stages
 from .data import load_split
-from .denoisers import class_centroid, mix, per_sample, unet
+from .denoisers import Guided, class_centroid, mix, per_sample, unet
 from .errors import FgsdError
 from .network import UNet
-from .runtime import resolve_device, to_float, to_uint8
+from .runtime import gflop_per_call, resolve_device, to_float, to_uint8
 
 log = logging.getLogger("fgsd")
 
@@ -55,8 +67,10 @@ def stop_level(net, clean: torch.Tensor, sigma_final: float, factor: float, sigm
 class Context:
     """What every set needs: params, data, models, the sampler settings and the init mean."""
 
-    def __init__(self, cfg, name, model, data_dir, device):
+    def __init__(self, cfg, name, model, data_dir, device, inputs=None):
         self.s, self.seed, self.name = cfg["sampling"], cfg["seed"], name
+        self.inputs = inputs or {}   # the set's files beyond the model and data (stages.SampleSet.inputs)
+        self.timings: list[dict] = []
         self.device = resolve_device(device)
         self.train, self.test = load_split(data_dir, "train"), load_split(data_dir, "test")
         self.unseen = load_split(data_dir, "unseen")
@@ -86,8 +100,18 @@ class Context:
             keep &= split["region"] == region
         return to_float(split["images"][keep])
 
+    def timed(self, desc: str, n: int, t0: float) -> None:
+        self.timings.append(dict(block=desc, n_samples=n, seconds=time.perf_counter() - t0,
+                                 seconds_per_sample=(time.perf_counter() - t0) / max(n, 1)))
+
+    def gflop(self, denoise) -> float:
+        """GFLOP of one call of `denoise` on one sample (what a sampler step costs)."""
+        y = (self.init_mean + 0.5 * torch.randn((1, *self.shape), generator=torch.Generator().manual_seed(0)))
+        return gflop_per_call(lambda: denoise(y.to(self.device), torch.full((1,), 0.5, device=self.device),
+                                              torch.zeros(1, dtype=torch.long)))
+
     def c2f(self, denoise, seeds, beta=None, desc="") -> tuple[torch.Tensor, np.ndarray]:
-        s = self.s
+        s, t0 = self.s, time.perf_counter()
         bar = tqdm(desc=desc or "coarse-to-fine", unit="step", leave=False)
         out = samplers.coarse_to_fine(
             denoise, self.shape, seeds, sigma0=s["sigma0"], sigma_final=self.stop, h0=s["h0"],
@@ -96,6 +120,7 @@ class Context:
         bar.close()
         log.info("%s: %d samples, %d network evaluations per sample on average (steps %d-%d)", desc, len(seeds),
                  float(out.nfe.mean()), int(out.nfe.min()) - 1, int(out.nfe.max()) - 1)
+        self.timed(desc or "coarse-to-fine", len(seeds), t0)
         return out.x, out.nfe
 
     def schedule(self, n_steps: int) -> np.ndarray:
@@ -109,21 +134,32 @@ class Context:
         return references.StationaryGaussians(to_float(self.train["images"]), torch.from_numpy(self.train["labels"]))
 
     def gaussian_draws(self, labels, seeds, sigma: float) -> torch.Tensor:
-        """Per sample, a draw of its class under the Gaussian fit, seen through noise sigma."""
+        """Per sample, a draw of its class under the Gaussian fit, seen through noise sigma;
+        labels None: of the fitted mixture (the component drawn from the class frequencies with the
+        sample's own seed), the start of an unconditional sampler."""
         fit = self.gaussian_fit
-        return fit.noisy_sample(fit.index(torch.as_tensor(labels)), sigma, samplers.sample_generators(seeds))
+        if labels is None:
+            prior = fit.log_prior.exp().numpy()
+            k = torch.tensor([np.random.default_rng([int(s), 5]).choice(len(prior), p=prior) for s in seeds])
+        else:
+            k = fit.index(torch.as_tensor(labels))
+        return fit.noisy_sample(k, sigma, samplers.sample_generators(seeds))
 
-    def ddim(self, denoise, seeds, n_steps, labels) -> tuple[torch.Tensor, np.ndarray]:
+    def ddim(self, denoise, seeds, n_steps, labels, eta=None, desc="ddim") -> tuple[torch.Tensor, np.ndarray]:
         """DDIM from sigma0. `ddim_init: gaussian` starts each sample from its class's noisy
         distribution at sigma0 under the stationary-Gaussian fit of the training crops,
         N(m_c, Σ_c + σ0² I); `mean` from the training mean + σ0 z, which keeps only
         σ0² / (λ + σ0²) of the variance λ of a direction not small against σ0² (the crop's mean
-        grey level: λ = D · Var(crop mean))."""
+        grey level: λ = D · Var(crop mean)). labels None: the mixture fit's noisy distribution.
+        eta: `sampling.ddim_eta` unless given."""
+        t0 = time.perf_counter()
         if self.s["ddim_init"] == "gaussian":
             latent = self.gaussian_draws(labels, seeds, self.s["sigma0"]).to(self.device)
         else:
             latent = samplers.ddim_init(self.shape, seeds, self.s["sigma0"], mean=self.init_mean)
-        out = samplers.ddim(denoise, latent, self.schedule(n_steps), self.s["ddim_eta"], seeds)
+        eta = self.s["ddim_eta"] if eta is None else eta
+        out = samplers.ddim(denoise, latent, self.schedule(n_steps), eta, seeds)
+        self.timed(desc, len(seeds), t0)
         return out.x, out.nfe
 
 
@@ -137,15 +173,18 @@ def set_conditional(ctx: Context) -> dict:
     labels = np.repeat(np.arange(ctx.n_seen), k)
     phi = _class_centroids(ctx, model, range(ctx.n_seen))
     seeds = ctx.seeds(len(labels))
-    x, nfe = ctx.c2f(unet(model, ctx.device, per_sample([phi[c] for c in labels])), seeds, desc="conditional")
-    return samples.table(x, labels, ["c2f"] * len(labels), nfe, seeds, param=np.full(len(labels), ctx.s["exemplars"]))
+    den = unet(model, ctx.device, per_sample([phi[c] for c in labels]))
+    x, nfe = ctx.c2f(den, seeds, desc="conditional")
+    return samples.table(x, labels, ["c2f"] * len(labels), nfe, seeds, param=np.full(len(labels), ctx.s["exemplars"]),
+                         gflop=nfe * ctx.gflop(den))
 
 
 def set_mixture(ctx: Context) -> dict:
     n = ctx.s["per_class"] * ctx.n_seen
     seeds = ctx.seeds(n)
-    x, nfe = ctx.c2f(unet(ctx.model(), ctx.device), seeds, desc="mixture")
-    return samples.table(x, np.full(n, -1), ["c2f"] * n, nfe, seeds)
+    den = unet(ctx.model(), ctx.device)
+    x, nfe = ctx.c2f(den, seeds, desc="mixture")
+    return samples.table(x, np.full(n, -1), ["c2f"] * n, nfe, seeds, gflop=nfe * ctx.gflop(den))
 
 
 def class_pairs(ctx: Context) -> list[tuple[int, int]]:
@@ -218,8 +257,9 @@ def set_fewshot(ctx: Context) -> dict:
             labels += [int(c)] * k
             ns += [n] * k
     seeds = ctx.seeds(len(labels))
-    x, nfe = ctx.c2f(unet(model, ctx.device, per_sample(phis)), seeds, desc="few-shot")
-    return samples.table(x, labels, ["c2f"] * len(labels), nfe, seeds, param=ns)
+    den = unet(model, ctx.device, per_sample(phis))
+    x, nfe = ctx.c2f(den, seeds, desc="few-shot")
+    return samples.table(x, labels, ["c2f"] * len(labels), nfe, seeds, param=ns, gflop=nfe * ctx.gflop(den))
 
 
 def set_nfe(ctx: Context) -> dict:
@@ -227,20 +267,28 @@ def set_nfe(ctx: Context) -> dict:
     labels = np.repeat(np.arange(ctx.n_seen), k)
     phi = _class_centroids(ctx, model, range(ctx.n_seen))
     den = unet(model, ctx.device, per_sample([phi[c] for c in labels]))
+    per_call = ctx.gflop(den)
     seeds = ctx.seeds(len(labels))
     tables = []
     for beta in ctx.s["nfe_betas"]:
         x, nfe = ctx.c2f(den, seeds, beta=beta, desc=f"nfe: coarse-to-fine beta={beta}")
         tables.append(samples.table(x, labels, [f"c2f beta={beta:g}"] * len(labels), nfe, seeds,
-                                    param=np.full(len(labels), beta)))
+                                    param=np.full(len(labels), beta), gflop=nfe * per_call))
     for steps in tqdm(ctx.s["ddim_steps"], desc="nfe: DDIM", leave=False):
-        x, nfe = ctx.ddim(den, seeds, steps, labels)
+        x, nfe = ctx.ddim(den, seeds, steps, labels, desc=f"nfe: ddim {steps}")
         log.info("nfe: DDIM %d steps, eta=%g", steps, ctx.s["ddim_eta"])
         tables.append(samples.table(x, labels, [f"ddim {steps}"] * len(labels), nfe, seeds,
-                                    param=np.full(len(labels), steps)))
+                                    param=np.full(len(labels), steps), gflop=nfe * per_call))
+    # DDIM from the mixture's noisy distribution (no class in the start): the like-for-like
+    # comparison with unconditional and classifier-guided DDIM, whose start knows no class
+    for steps in ctx.s["ddim_steps"]:
+        x, nfe = ctx.ddim(den, seeds, steps, None, desc=f"nfe: ddim {steps} mixture start")
+        tables.append(samples.table(x, labels, [f"ddim {steps} mixture start"] * len(labels), nfe, seeds,
+                                    param=np.full(len(labels), steps), gflop=nfe * per_call))
     # the control for DDIM's Gaussian start: what the class's Gaussian fit alone gives, no network
     x = ctx.gaussian_draws(labels, seeds, 0.0)
-    tables.append(samples.table(x, labels, ["gaussian fit"] * len(labels), np.zeros(len(labels)), seeds))
+    tables.append(samples.table(x, labels, ["gaussian fit"] * len(labels), np.zeros(len(labels)), seeds,
+                                gflop=np.zeros(len(labels))))
     return samples.concat(tables)
 
 
@@ -259,13 +307,56 @@ def set_inversion(ctx: Context) -> dict:
                   np.zeros(len(labels)), reference=to_uint8(clean), roundtrip_rmse=err.numpy().astype(np.float64))
 
 
-def generate(cfg: dict, name: str, model: str | Path, data: str | Path, samples_npz: str | Path, device="auto") -> None:
-    """Draw sample set `name` from `model` and write it to `samples_npz`."""
+def set_guidance(ctx: Context) -> dict:
+    """ADM-G: per seen class, `guidance_per_class` seeds, each drawn at every guidance scale
+    through coarse-to-fine (the guide reads the unguided residual's sigma) and DDIM with eta 0
+    and 1 (the guide reads the schedule's sigma; the start is the mixture fit's noisy
+    distribution, which knows no class)."""
+    from .guide import batched, load_guide
+    base = unet(ctx.model(), ctx.device)
+    guide, classes = load_guide(ctx.inputs["guide"], ctx.device)
+    if len(classes) != ctx.n_seen:
+        raise FgsdError(f"{ctx.inputs['guide']}: the guide knows {len(classes)} classes, the data has {ctx.n_seen} "
+                        "seen classes (retrain it on this data)")
+    logits, s = batched(guide), ctx.s
+    labels = np.repeat(np.arange(ctx.n_seen), s["guidance_per_class"])
+    seeds, n = ctx.seeds(len(labels)), len(labels)
+    den_gflop = ctx.gflop(base)
+    guide_gflop = ctx.gflop(Guided(base, logits, labels, 1.0, "residual")) - den_gflop
+    steps = s["guidance_ddim_steps"]
+    tables = []
+    for scale in tqdm(s["guidance_scales"], desc="guidance scales", leave=False):
+        runs = [("c2f", "residual", None), (f"ddim {steps} eta=0", "sampler", 0.0), (f"ddim {steps} eta=1", "sampler", 1.0)]
+        for variant, sigma_from, eta in runs:
+            g = Guided(base, logits, labels, scale, sigma_from, expose_estimate=s["guidance_sigma_from"] == "unguided")
+            desc = f"guidance s={scale:g} {variant}"
+            if eta is None:
+                x, nfe = ctx.c2f(g, seeds, desc=desc)
+            else:
+                x, nfe = ctx.ddim(g, seeds, steps, None, eta=eta, desc=desc)
+            calls = g.guide_calls.numpy()
+            tables.append(samples.table(x, labels, [variant] * n, nfe, seeds, param=np.full(n, scale),
+                                        gflop=nfe * den_gflop + calls * guide_gflop, guide_nfe=calls))
+    return samples.concat(tables)
+
+
+def generate(cfg: dict, name: str, model: str | Path, data: str | Path, samples_npz: str | Path, device="auto",
+             seconds: str | Path | None = None, guide: str | Path | None = None) -> None:
+    """Draw sample set `name` from `model` (and the set's other inputs, `stages.SampleSet.inputs`:
+    the guide) and write it to `samples_npz`; the wall-clock seconds of each block go to `seconds`."""
     if name not in stages.SAMPLE_SETS:
         raise FgsdError(f"unknown sample set '{name}': choose one of {list(stages.SAMPLE_SETS)}")
+    wanted = stages.SAMPLE_SETS[name].inputs
+    inputs = {k: v for k, v in dict(guide=guide).items() if v is not None}
+    if set(inputs) != set(wanted):
+        raise FgsdError(f"sample set '{name}' takes the inputs {sorted(wanted) or 'model and data only'}, "
+                        f"got {sorted(inputs)}")
     torch.manual_seed(cfg["seed"])
-    ctx = Context(cfg, name, model, data, device)
+    ctx = Context(cfg, name, model, data, device, inputs)
     table = globals()[stages.SAMPLE_SETS[name].function](ctx)  # the function the table names
     samples.save(samples_npz, table)
+    if seconds is not None:
+        files.save_csv(seconds, pd.DataFrame(ctx.timings, columns=["block", "n_samples", "seconds",
+                                                                   "seconds_per_sample"]))
     log.info("wrote %d samples of set '%s' to %s", len(table["images"]), name, samples_npz)
 

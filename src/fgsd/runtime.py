@@ -39,3 +39,12 @@ def require_finite(loss: torch.Tensor, who: str, step: int, lr: float, lr_key: s
     if not torch.isfinite(loss):
         raise FgsdError(f"training {who} diverged: the loss is {loss.item()} at step {step} (lr {lr:g}); no model "
                         f"was written, {kept}; lower {lr_key} or check the data")
+
+
+def gflop_per_call(fn) -> float:
+    """GFLOP that one call of fn() runs, backward passes included (torch's FLOP counter: matrix
+    products and convolutions): a cost that does not depend on the machine or its load."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9

@@ -127,8 +127,11 @@ def fig9_quality_nfe(cfg, metrics, reference, pdf, png) -> None:
     t = t[t.set == "nfe"]
     wide = t[t.extractor.fillna("").isin(["", "fgsd-classifier"])].pivot_table(
         index="variant", columns="metric", values="value").reset_index()
-    wide["sampler"] = np.where(wide.variant.str.startswith("ddim"), f"DDIM (η={cfg['sampling']['ddim_eta']:g})",
-                               "coarse-to-fine (Alg. B)")
+    eta = cfg["sampling"]["ddim_eta"]
+    wide["sampler"] = np.select(
+        [wide.variant.str.endswith("mixture start"), wide.variant.str.startswith("ddim")],
+        [f"DDIM (η={eta:g}), start: the mixture's noisy Gaussian fit", f"DDIM (η={eta:g}), start: the class's"],
+        "coarse-to-fine (Alg. B)")
     control = wide[wide.variant == "gaussian fit"]  # no network: drawn as a line, not a point at NFE 0
     wide = wide[wide.variant != "gaussian fit"]
     n = int(t.n_samples.iloc[0])
@@ -141,7 +144,7 @@ def fig9_quality_nfe(cfg, metrics, reference, pdf, png) -> None:
             a.errorbar(d.nfe, d[metric], yerr=d["kid_std"] if metric == "kid" else None, marker="o", capsize=3,
                        label=sampler)
             for r in d.itertuples():
-                a.annotate(r.variant.split(" ", 1)[-1], (r.nfe, getattr(r, metric)), fontsize=6,
+                a.annotate(r.variant.split(" ")[1], (r.nfe, getattr(r, metric)), fontsize=6,
                            textcoords="offset points", xytext=(3, 3))
         if len(control):
             a.axhline(control[metric].iloc[0], color="0.35", ls=":", lw=1,
@@ -156,3 +159,73 @@ def fig9_quality_nfe(cfg, metrics, reference, pdf, png) -> None:
     fig.suptitle(f"Sample quality vs cost: {n} conditional samples per setting against held-out crops", fontsize=9)
     save(fig, pdf, png)
 
+
+
+def fig10_guidance(cfg, guidance, metrics, guide_log, data, pdf, png) -> None:
+    """Feature guidance vs classifier guidance (ADM-G) vs the mixture model at their cost; the
+    guide's held-out accuracy per sigma band; ADM-G samples across scales."""
+    t = samples.read_metrics(metrics.split(","), rounded=True)
+    comp = samples.comparison(t)
+    comp = comp[comp.classes == "seen"].dropna(subset=["gflop"])
+    fig = plt.figure(figsize=(13, 8))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.25], hspace=0.35, wspace=0.3)
+    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+    adm = comp[comp.method != "FGSD"]
+    real = samples.metric(t, "real", "kid", extractor=samples.EXTRACTOR)
+    for a, m, label in ((axes[0], "accuracy", "judge accuracy (independent classifier)"),
+                        (axes[1], "kid", "KID (in-domain features, class-marginal)")):
+        for sampler, d in adm.groupby("sampler", sort=False):
+            d = d.assign(s=d.knob.str.removeprefix("s=").astype(float)).sort_values("s")  # a line along s
+            a.plot(d.gflop, d[m], marker="o", ms=4, lw=1, label=f"ADM-G, {sampler}")
+            for r in d.itertuples():
+                a.annotate(f"s={r.knob.split('=')[1]}", (r.gflop, getattr(r, m)), fontsize=5.5,
+                           textcoords="offset points", xytext=(2, 3))
+        f = comp[comp.method == "FGSD"]
+        head_start = f.sampler.str.startswith("ddim") & ~f.sampler.str.endswith("mixture start")
+        a.scatter(f.gflop[~head_start], f[m][~head_start], marker="*", s=70, color="k", zorder=5,
+                  label="FGSD (conditional denoiser), start without class")
+        a.scatter(f.gflop[head_start], f[m][head_start], marker="*", s=70, facecolors="none", edgecolors="k",
+                  zorder=5, label="FGSD, DDIM from the class's Gaussian fit (a head start)")
+        for r in f.itertuples():
+            a.annotate(r.knob.replace("default sampler", "default"), (r.gflop, getattr(r, m)), fontsize=5.5,
+                       textcoords="offset points", xytext=(3, -8))
+        a.set_xscale("log"), a.set_xlabel("GFLOP per sample (denoiser + guide passes)"), a.set_ylabel(label)
+        a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if real is not None:
+        axes[1].axhline(real.value, color="grey", ls="--", lw=1, label="real train vs test crops")
+    axes[0].axhline(1 / max(cfg_classes(data), 1), color="0.6", ls=":", lw=1, label="chance")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=6, loc="best"), axes[1].legend(fontsize=6, loc="best")
+    n = int(comp.n_samples.max()) if len(comp) else 0
+    axes[0].set_title(f"class hit rate vs cost (up to {n} samples per point)", fontsize=8)
+    axes[1].set_title("sample quality vs cost", fontsize=8)
+    log = pd.read_csv(guide_log)
+    bands = [c for c in log.columns if c.startswith("accuracy_sigma")]
+    axes[2].bar(range(len(bands)), log[bands].iloc[-1], color="tab:purple")
+    axes[2].axhline(1 / max(cfg_classes(data), 1), color="0.6", ls=":", lw=1, label="chance")
+    axes[2].set_xticks(range(len(bands)), [b.removeprefix("accuracy_sigma_") for b in bands], fontsize=7)
+    axes[2].set_xlabel("noise level σ of the held-out crops"), axes[2].set_ylabel("guide accuracy")
+    axes[2].set_ylim(0, 1), axes[2].legend(fontsize=6)
+    axes[2].set_title("ADM-G's guide on noisy held-out crops (never the judge)", fontsize=8)
+    g = samples.load(guidance)
+    classes = [str(c) for c in load_split(data, "train")["classes"]]
+    labels = np.unique(g["label"])[:8]
+    scales = sorted(np.unique(g["param"]))
+    ax = fig.add_subplot(grid[1, :])
+    variant = str(g["variant"][0])
+    first = (g["param"] == scales[0]) & (g["variant"] == variant)
+    per = min(2, min(int((first & (g["label"] == c)).sum()) for c in labels))
+    rows = []
+    for s in scales:
+        k = (g["param"] == s) & (g["variant"] == variant)
+        rows.append([img for c in labels for img in g["images"][k & (g["label"] == c)][:per]])
+    show(ax, mosaic(rows), f"ADM-G samples ({variant}), {per} per class (columns) at each guidance scale (rows); "
+         "s = 0 is the mixture model, the same seeds in every row",
+         row_labels=[f"s={s:g}" for s in scales], tile=g["images"].shape[-1],
+         col_labels=[_short(classes[c]) if j == 0 else "" for c in labels for j in range(per)])
+    save(fig, pdf, png)
+
+
+def cfg_classes(data) -> int:
+    return len(np.unique(load_split(data, "train")["labels"]))

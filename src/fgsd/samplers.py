@@ -62,7 +62,8 @@ def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], *, sigma0:
                    dtype=torch.float32, progress=None) -> Sampled:
     """Algorithm A:  d_t = x^(y) - y,  sigma_t^2 = ||d_t||^2 / D,
     gamma_t^2 = ((1 - beta h_t)^2 - (1 - h_t)^2) sigma_t^2,  y <- y + h_t d_t + gamma_t z_t,
-    per image until sigma_t < sigma_final; its output is then x^(y) = y + d_t. The step leaves
+    per image until sigma_t < sigma_final; its output is then x^(y) = y + d_t. A denoiser that
+    sets `noise_estimate` (B,) on each call supplies sigma_t itself (`denoisers.Guided`). The step leaves
     noise (1 - beta h_t) sigma_t, the level handed to the denoiser next (blind networks ignore it).
     Finished samples leave the batch, so stragglers cost only their own evaluations.
     init_mean: a float or a tensor of `shape` (e.g. the training mean image). The settings have
@@ -79,7 +80,8 @@ def coarse_to_fine(denoise: Denoiser, shape: tuple, seeds: list[int], *, sigma0:
     while True:
         d = denoise(y[rows], level[rows], rows) - y[rows]
         trace.nfe += 1
-        sigma = d.flatten(1).norm(dim=1) / math.sqrt(dim)
+        sigma = getattr(denoise, "noise_estimate", None)  # a wrapper's own estimate (guidance: the unguided one)
+        sigma = d.flatten(1).norm(dim=1) / math.sqrt(dim) if sigma is None else sigma.to(d.dtype)
         if not torch.isfinite(sigma).all():
             raise FgsdError(f"coarse-to-fine sampler: the denoiser returned non-finite values at step {t + 1} "
                             "(a NaN or inf in the model's output: check the checkpoint)")

@@ -6,7 +6,8 @@ one npz with the same columns, so evaluation and figures treat all sets alike.
     param    the set's knob (alpha, switch sigma, N exemplars, steps...)
     nfe      network evaluations of the sample      seed  the sample's noise seed
 
-A set may add columns of its own (e.g. `reference` for inversion round trips). Also here: each
+A set may add columns of its own (e.g. `reference` for inversion round trips; `gflop` per sample
+and `guide_nfe`, guide passes, for the sets that methods are compared on). Also here: each
 set's noise seeds, and the one helper that reads a value out of the metrics table.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import FgsdError
 from .runtime import to_uint8
 
 COLUMNS = ("images", "label", "variant", "nfe", "seed", "param", "class_b")
+COST = ("nfe", "gflop", "guide_nfe")  # per-sample cost columns, averaged per group by the evaluation
 
 
 def table(images: torch.Tensor, label, variant, nfe, seed, param=None, class_b=None, **extra) -> dict:
@@ -83,6 +85,45 @@ def metric(t: pd.DataFrame, set_name: str, name: str, variant=None, param=None, 
 
 
 EXTRACTOR = "fgsd-classifier"  # the in-domain feature extractor's name in torch-fidelity (evaluate.py)
+
+
+COMPARED = ("accuracy", "kid", "fid", "precision", "recall", *COST)
+
+
+def comparison(t: pd.DataFrame) -> pd.DataFrame:
+    """Feature guidance vs classifier guidance vs the mixture model (BASELINES.md §3), one row per
+    method x sampler x knob: judge accuracy, class-marginal KID/FID and precision/recall on the
+    in-domain features, and the cost per sample (denoiser calls, guide passes, GFLOP). ADM-G has
+    no unseen-class row: its guide knows only the classes it was trained on."""
+    rows = []
+
+    def add(method, conditioning, classes, set_name, variant, param, knob):
+        k = (t.set == set_name) & (t.variant == variant) & (t.param == param)
+        if not k.any():
+            return
+        row = dict(method=method, conditioning=conditioning, classes=classes, sampler=variant, knob=knob)
+        for m in COMPARED:
+            r = metric(t[k], set_name, m, extractor=EXTRACTOR if m in ("kid", "fid", "precision", "recall") else None)
+            row[m] = float(r.value) if r is not None else (0.0 if m == "guide_nfe" else float("nan"))
+        acc = metric(t[k], set_name, "accuracy")
+        row["n_samples"] = int(acc.n_samples) if acc is not None else 0
+        rows.append(row)
+
+    for r in t[(t.set == "guidance") & (t.metric == "accuracy")].itertuples():
+        add("mixture model" if r.param == 0 else "ADM-G", "class label" if r.param else "none (s = 0)", "seen",
+            "guidance", r.variant, r.param, f"s={r.param:g}")
+    for r in t[(t.set == "conditional") & (t.metric == "accuracy")].itertuples():
+        add("FGSD", "centroid of the class's training crops", "seen", "conditional", r.variant, r.param,
+            "default sampler")
+    for r in t[(t.set == "nfe") & (t.metric == "accuracy") & (t.variant != "gaussian fit")].itertuples():
+        add("FGSD", "centroid of the class's training crops", "seen", "nfe", r.variant, r.param, r.variant)
+    for r in t[(t.set == "fewshot") & (t.metric == "accuracy")].itertuples():
+        add("FGSD", f"centroid of {int(r.param)} exemplars", "unseen", "fewshot", r.variant, r.param,
+            f"N={int(r.param)}")
+    if rows and any(r["method"] == "ADM-G" for r in rows):
+        rows.append(dict(method="ADM-G", conditioning="class label", classes="unseen", sampler="n/a",
+                         knob="n/a: the guide knows only its training classes", n_samples=0))
+    return pd.DataFrame(rows)
 
 
 def headline(t: pd.DataFrame) -> dict:

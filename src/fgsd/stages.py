@@ -29,6 +29,7 @@ SWEEP = "results/analysis/sweep.csv"
 SEPARATION = "results/analysis/separation.csv"
 DENSITY = "results/analysis/density.csv"
 CLASSIFIER = "results/models/classifier/model.pt"
+GUIDE = "results/models/guide/model.pt"     # ADM-G's noise-aware classifier (never the judge)
 REPLICATE = "results/replicates/seed{rseed}"   # the models of one more training seed, and their sweep
 REPLICATE_MODEL = REPLICATE + "/models/{kind}/model.pt"
 REPLICATE_SWEEP = REPLICATE + "/sweep.csv"
@@ -59,6 +60,7 @@ STAGES = {
                                              "analysis.kl_n_sigmas", "analysis.kl_n_noise", "analysis.kl_max_pairs")),
     "summary": Stage("summary", "summary", ("seed", "train.replicate_seeds")),
     "sample": Stage("generate", "generate", ("seed", "device", *SAMPLER_KEYS), named=True),
+    "guide": Stage("guide", "train_guide", ("seed", "device", "guide", "train.sigma_max", "train.sigma_data")),
     "classifier": Stage("classifier", "train_classifier", ("seed", "device", "evaluate.classifier_steps",
                                                           "evaluate.classifier_batch", "evaluate.classifier_lr",
                                                           "evaluate.classifier_width", "evaluate.feature_dim")),
@@ -88,6 +90,7 @@ class SampleSet:
     model: str                      # the model kind it samples from
     keys: tuple[str, ...] = ()      # sampling.* keys beyond SAMPLER_KEYS
     evaluation: Evaluation = field(default_factory=Evaluation)
+    inputs: dict[str, str] = field(default_factory=dict)  # argument -> file, beyond the model and the data
 
 
 SAMPLE_SETS = {  # in the order their metrics appear in samples.csv
@@ -106,10 +109,14 @@ SAMPLE_SETS = {  # in the order their metrics appear in samples.csv
     "inversion": SampleSet("set_inversion", 6, "conditional",
                            ("inversion_steps", "inversion_per_class", "ddim_spacing", "exemplars"),
                            Evaluation("roundtrip")),
+    "guidance": SampleSet("set_guidance", 7, "mixture",
+                          ("guidance_scales", "guidance_per_class", "guidance_ddim_steps", "guidance_sigma_from",
+                           "ddim_spacing", "ddim_init"),
+                          Evaluation(by=("variant", "param")), inputs={"guide": GUIDE}),
 }
 REFERENCE = "real"  # the evaluation group of real training crops: the floor sample metrics are read against
 EVAL_GROUPS = (REFERENCE, *SAMPLE_SETS)
-HEADLINE_GROUPS = (REFERENCE, "conditional", "mixture", "fewshot", "inversion")  # what summary.json quotes
+HEADLINE_GROUPS = (REFERENCE, "conditional", "mixture", "fewshot", "inversion", "nfe", "guidance")  # summary.json's
 
 
 def set_metrics(*groups: str) -> dict[str, str]:
@@ -119,7 +126,7 @@ def set_metrics(*groups: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class Figure:
     module: str                     # the function is <module>.<figure key>
-    inputs: dict[str, str]          # argument -> file
+    inputs: dict[str, str | list[str]]  # argument -> file (a list: comma-separated files)
     caption: str
     keys: tuple[str, ...] = ()
     data: bool = False              # also takes the data directory
@@ -194,10 +201,26 @@ FIGURES = {
                            "reference": SET_METRICS.format(group=REFERENCE)}, keys=("sampling.ddim_eta",),
         caption="**Fig 9: sample quality vs cost.** Conditional samples (same classes, centroids and seeds) from "
         "the coarse-to-fine sampler at several β and from DDIM at several step counts, against network evaluations "
-        "per sample. Left: KID with the pipeline's in-domain classifier features against held-out test crops "
+        "per sample. DDIM starts from the class's noisy stationary-Gaussian fit, or from the mixture's (the start "
+        "knows no class: like-for-like with unconditional and classifier-guided DDIM). "
+        "Left: KID with the pipeline's in-domain classifier features against held-out test crops "
         "(error bars: std over KID subsets; dashed: real training crops against the same test crops). Right: "
         "classifier accuracy. Dotted: draws of each class's stationary-Gaussian fit with no network at all, "
         "which is DDIM's start (``sampling.ddim_init: gaussian``) without its noise: DDIM is read against it."),
+    "fig10_guidance": Figure(
+        "sample_figures", {"guidance": SAMPLES.format(sample_set="guidance"),
+                           "metrics": [SET_METRICS.format(group=g) for g in (REFERENCE, "guidance", "conditional",
+                                                                             "nfe")],
+                           "guide_log": "results/models/guide/train_log.csv"}, data=True,
+        caption="**Fig 10: feature guidance vs classifier guidance (ADM-G).** Top left and middle: judge accuracy "
+        "(the pipeline's independent clean classifier) and class-marginal KID (in-domain features, against held-out "
+        "crops of the seen classes) against the cost per sample in GFLOP (torch's FLOP counter: denoiser calls plus, "
+        "for ADM-G, the guide's forward and backward pass at every step). Lines: ADM-G, the mixture denoiser "
+        "guided by a noise-aware classifier at scales ``sampling.guidance_scales`` (s = 0 is the mixture model) "
+        "through coarse-to-fine and DDIM (η = 0, 1); stars: feature guidance (the conditional denoiser) with its "
+        "default sampler and the quality-vs-cost settings of Fig 9. ADM-G has no unseen-class point: its guide "
+        "knows only its training classes. Top right: the guide's accuracy on noisy held-out crops per σ band. "
+        "Bottom: ADM-G samples, the same seeds at every scale."),
 }
 
 

@@ -2,6 +2,7 @@
 counts behind it, and the Fig 3 curves in psnr_gain.csv (a DVC plot)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -111,13 +112,14 @@ def curves_by_seed(sweeps: dict[int, pd.DataFrame]) -> pd.DataFrame:
 
 
 def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str | Path, references_json: str | Path,
-            set_metrics: str, classifier_metrics: str | Path, replicate_sweeps: str, summary_json: str | Path,
-            gain: str | Path, gain_by_seed: str | Path) -> None:
+            set_metrics: str, classifier_metrics: str | Path, guide_metrics: str | Path, replicate_sweeps: str,
+            summary_json: str | Path, gain: str | Path, gain_by_seed: str | Path) -> None:
     """summary.json: the headline numbers, each with its counts; psnr_gain.csv: the Fig 3 curves
     (and per training seed, psnr_gain_by_seed.csv). set_metrics: the evaluation groups' metric
     files the sample-quality headline quotes (stages.HEADLINE_GROUPS); replicate_sweeps: the
     sweeps of the models of train.replicate_seeds, in that order; both comma-separated."""
     sw = files.load_csv(sweep)
+    metrics = samples.read_metrics(set_metrics.split(","))
     replicates = [p for p in replicate_sweeps.split(",") if p]
     if len(replicates) != len(cfg["train"]["replicate_seeds"]):
         raise FgsdError(f"summary: {len(replicates)} replicate sweeps for train.replicate_seeds "
@@ -150,7 +152,11 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         density_vs_mixture_centroid_distance_control=correlations(dens, x="centroid_sqdist_mixture"),
         density_grid_start_sensitivity={f"kl_sigma_min{k}": correlations(dens, f"sym_kl{k}")
                                         for k in ("_half_min", "_double_min")},
-        sample_quality=samples.headline(samples.read_metrics(set_metrics.split(","))),
+        sample_quality=samples.headline(metrics),
+        method_comparison=[{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                           for row in samples.comparison(metrics).to_dict("records")],
+        guide=files.load_json(guide_metrics)["final"] | {"note": "ADM-G's guide: held-out noisy crops of the seen "
+                                                         "classes, accuracy per sigma band; never the judge"},
         classifier={k: v for k, v in files.load_json(classifier_metrics).items() if k != "per_class_accuracy"},
     )
     files.save_json(summary_json, out)

@@ -89,6 +89,7 @@ rule summary:
         references_json="results/analysis/references.json",
         set_metrics=list(stages.set_metrics(*stages.HEADLINE_GROUPS).values()),
         classifier_metrics="results/models/classifier/metrics.json",
+        guide_metrics="results/models/guide/metrics.json",
         replicate_sweeps=expand(stages.REPLICATE_SWEEP, rseed=config["train"]["replicate_seeds"]),
         code=code("summary"),
     output:

@@ -7,6 +7,7 @@ JOBS = [
     "density",
     *expand("sample_{sample_set}", sample_set=SAMPLE_SETS),
     "classifier",
+    "guide",
     *expand("evaluate_{group}", group=EVAL_GROUPS),
     "sample_metrics",
     "summary",

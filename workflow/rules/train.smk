@@ -46,3 +46,29 @@ use rule train as train_replicate with:  # the same training with another seed (
         "results/logs/replicates/train_{kind}_seed{rseed}.log",
     benchmark:
         "results/benchmarks/replicates/train_{kind}_seed{rseed}.tsv"
+
+
+rule guide:  # ADM-G's noise-aware classifier, on the seen classes (the baseline's guide, never the judge)
+    input:
+        DATA_FILES,
+        code=code("guide"),
+    output:
+        model=stages.GUIDE,
+        train_log="results/models/guide/train_log.csv",
+        metrics="results/models/guide/metrics.json",
+        prov="results/provenance/guide.json",
+    params:
+        tracked=tracked("guide"),
+        spec=spec("guide"),
+        args=args(data=DATA, state="results/.state"),  # resumable state lives outside the declared outputs
+    log:
+        "results/logs/guide.log",
+    benchmark:
+        "results/benchmarks/guide.tsv"
+    threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m fgsd guide {params.args} --log {log} --provenance {output.prov}"
