@@ -81,11 +81,15 @@ def test_smoke_chain_produces_every_output(smoke_run):
         assert "trained" in (repo / f"results/logs/train_{kind}.log").read_text()
     assert not any((repo / "results/.state").glob("*.pt")), "finished runs leave no resumable state"
     for name in ("fig2_denoising_grid", "fig3_psnr_gain", "fig4_separation", "fig5_density_distance",
-                 "fig6_samples", "fig7_interpolation", "fig8_fewshot", "fig9_quality_nfe", "fig10_guidance"):
+                 "fig6_samples", "fig7_interpolation", "fig8_fewshot", "fig9_quality_nfe", "fig10_guidance",
+                 "fig11_fewshot_baselines"):
         for ext in ("pdf", "png"):
             assert (repo / f"results/figures/{name}.{ext}").stat().st_size > 1000
-    for name in ("conditional", "mixture", "interpolation", "mixing", "fewshot", "nfe", "inversion", "guidance"):
+    for name in ("conditional", "mixture", "interpolation", "mixing", "fewshot", "nfe", "inversion", "guidance", "d2c"):
         assert len(files.load_npz(repo / f"results/samples/{name}.npz")["images"]) > 0
+    tried = files.load_npz(repo / "results/samples/d2c_fewshot.npz")["tried_proposals"]
+    assert len(tried) == 2 * 2 and (tried > 0).all(), "D2C tries every held-out class at every N"
+    assert files.load_json(repo / "results/models/d2c_autoencoder/metrics.json")["test_psnr"] > 0
     summary = files.load_json(repo / "results/metrics/summary.json")
     assert set(summary) >= {"psnr_gain_conditional_minus_mixture_db", "separation_median_ratio",
                             "density_vs_centroid_distance", "sample_quality", "classifier"}
@@ -97,7 +101,7 @@ def test_smoke_chain_produces_every_output(smoke_run):
     assert {"set", "variant", "param", "metric", "value", "n_samples", "n_real", "extractor"} <= set(table.columns)
     assert set(table[table.set == "nfe"].variant) == {"c2f beta=0.5", "ddim 5", "ddim 10", "gaussian fit",
                                                       "ddim 5 mixture start", "ddim 10 mixture start"}
-    assert {r["method"] for r in summary["method_comparison"]} == {"mixture model", "ADM-G", "FGSD"}
+    assert {r["method"] for r in summary["method_comparison"]} == {"mixture model", "ADM-G", "FGSD", "D2C"}
     assert 0 <= summary["guide"]["accuracy"] <= 1 and (repo / "results/benchmarks/seconds_guidance.csv").is_file()
     seeds = summary["seeds"]  # the smoke preset trains the same replicate seeds as the default
     assert seeds["seeds"] == [0, 1, 2] and len(seeds["conditional_minus_mixture_db"]["1"]["values"]) == 3
@@ -170,9 +174,10 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["sampling"]["ddim_steps"] = [5]
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
-    # only the quality-vs-NFE set, its evaluation, the figure that shows it, and the joined table
+    # only the quality-vs-NFE set, its evaluation, the joined table, the summary (its method comparison) and
+    # the figures that show them: fig9, fig10 and fig3 (it reads the per-seed curves the summary writes)
     assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
-        "sample": 1, "evaluate": 1, "sample_metrics": 1, "figure": 1, "provenance": 1, "all": 1}
+        "sample": 1, "evaluate": 1, "sample_metrics": 1, "summary": 1, "figure": 3, "provenance": 1, "all": 1}
 
 
 @pytest.fixture
@@ -187,9 +192,11 @@ def test_editing_the_training_loop_reruns_only_training_and_what_reads_models(sm
     with open(smoke_copy / "src/fgsd/train.py", "a") as f:
         f.write("\n# an edit\n")
     jobs = planned_jobs(smoke_copy, SMOKE)
-    assert jobs["train"] == 3 and jobs["sample"] == len(stages.SAMPLE_SETS)
-    assert "data" not in jobs and "classifier" not in jobs, "the data and the clean-image classifier do not run train.py"
-    assert jobs["evaluate"] == len(stages.SAMPLE_SETS), "the real-crop reference reads no model"
+    readers = sum(row.model in stages.MODEL_KINDS for row in stages.SAMPLE_SETS.values())  # not D2C's sets
+    assert jobs["train"] == 3 and jobs["sample"] == readers < len(stages.SAMPLE_SETS)
+    assert not {"data", "classifier", "d2c_autoencoder", "d2c_prior"} & set(jobs), \
+        "the data, the clean-image classifier and the D2C models do not run train.py"
+    assert jobs["evaluate"] == readers, "the real-crop reference reads no model"
 
 
 def test_adding_a_sample_set_or_a_figure_reruns_nothing_that_exists(smoke_copy):
@@ -234,7 +241,7 @@ def test_paper_preset_plans_the_whole_dag(tmp_path):
     itself is not fetched here (about 1.4 GB; see the README)."""
     repo = copy_repo(tmp_path)
     jobs = planned_jobs(repo, ["--configfile", "config/paper.yaml"])
-    assert jobs["data"] == 1 and jobs["train"] == 3 and jobs["sample"] == 8 and jobs["figure"] == 9
+    assert jobs["data"] == 1 and jobs["train"] == 3 and jobs["sample"] == 10 and jobs["figure"] == 10
 
 
 def test_dvc_repro_runs_the_same_stages(tmp_path):

@@ -26,14 +26,14 @@ def test_every_row_names_a_function_that_takes_what_the_rule_gives():
     generate = importlib.import_module("fgsd.generate")
     for name, row in stages.SAMPLE_SETS.items():
         assert callable(getattr(generate, row.function)), name
-        assert row.model in stages.MODEL_KINDS
+        assert row.model in stages.MODEL_KINDS + stages.BASELINE_MODELS
 
 
 def test_seed_ids_are_fixed_and_distinct():
     """A set's noise seeds depend on its id alone, so the ids of existing sets never change."""
     ids = {name: row.seed_id for name, row in stages.SAMPLE_SETS.items()}
     assert ids == {"conditional": 0, "mixture": 1, "interpolation": 2, "mixing": 3, "fewshot": 4, "nfe": 5,
-                   "inversion": 6, "guidance": 7}
+                   "inversion": 6, "guidance": 7, "d2c": 8, "d2c_fewshot": 9}
     assert len(set(ids.values())) == len(ids)
 
 

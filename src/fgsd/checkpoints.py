@@ -9,7 +9,7 @@ from pathlib import Path
 from . import files
 from .errors import FgsdError
 
-KINDS = ("mixture", "conditional", "single", "classifier", "guide")
+KINDS = ("mixture", "conditional", "single", "classifier", "guide", "d2c_autoencoder", "d2c_prior")
 
 
 def save(path: str | Path, kind: str, model, **meta) -> None:

@@ -183,6 +183,9 @@ def check(cfg: dict, paths: list, raw: list[dict]) -> None:
          "must divide the width of every guide level (guide.width x guide.channel_mult)", "guide.width")
     need(d["crop_size"] % 2 ** (len(g["channel_mult"]) - 1) == 0, "guide.channel_mult",
          "has more levels than halvings of data.crop_size", "data.crop_size")
+    need(cfg["d2c"]["width"] % cfg["d2c"]["groups"] == 0, "d2c.groups", "must divide d2c.width", "d2c.width")
+    need((d["crop_size"] // 2) % 8 == 0, "data.crop_size", "must be a multiple of 16 for the D2C prior (its UNet "
+         "pools the half-size latent three times)")
     weights = cfg["evaluate"]["inception_weights"]
     need(weights is None or Path(weights).expanduser().is_file(), "evaluate.inception_weights",
          "is not an existing file (null = in-domain features only)")

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
 import torch
+
+from .runtime import exemplars
 
 
 class Denoiser(Protocol):
@@ -78,8 +79,7 @@ def class_centroid(model, images: torch.Tensor, device, n: int = 0, key: list[in
     """phi_y for conditioning: the conditional model's raw matched-block means averaged over n
     crops of the class (0 or more than there are: all), drawn with a generator seeded by `key`,
     so a class gets the same exemplars wherever its centroid is needed."""
-    if 0 < n < len(images):
-        images = images[np.sort(np.random.default_rng(key).choice(len(images), n, replace=False))]
+    images = exemplars(images, n, key)
     with torch.no_grad():
         return {b: v.cpu() for b, v in model.condition(images.to(device), average=True).items()}
 

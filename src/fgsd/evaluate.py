@@ -28,6 +28,7 @@ from .runtime import resolve_device, to_float, to_uint8
 
 log = logging.getLogger("fgsd")
 EXTRACTOR = samples.EXTRACTOR
+MIN_FIDELITY_SAMPLES = 4  # precision/recall's k = 3 neighbours need at least 4 samples
 
 
 class InDomainExtractor(FeatureExtractorBase):
@@ -141,7 +142,10 @@ class Evaluator:
         add("classes_covered", len(np.unique(pred.numpy())), n, 0)
         for column, values in (cost or {}).items():
             add(column, np.mean(values), n, 0)
-        for name, weights in self.extractors:
+        if n < MIN_FIDELITY_SAMPLES:  # e.g. a rejection sampler's shortfall
+            log.warning("%s %s %s: %d samples, too few for KID/FID/precision-recall (k = 3 neighbours); skipped",
+                        set_name, variant, param, n)
+        for name, weights in self.extractors if n >= MIN_FIDELITY_SAMPLES else []:
             for metric, value in fidelity(images, real, name, weights, self.e["kid_subset_size"], self.seed,
                                           self.device).items():
                 add(metric, value, n, len(real), extractor=name)
@@ -195,6 +199,18 @@ def score_roundtrip(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) 
     ev.add(name, str(t["variant"][0]), 0, "roundtrip_rmse_median", np.median(t["roundtrip_rmse"]), len(t["label"]), 0)
 
 
+def score_acceptance(ev: Evaluator, name: str, t: dict) -> None:
+    """A rejection sampler's tries (`tried_*` arrays: every class and N, accepted or not), pooled
+    over classes per N: accepted / proposals, proposals per accepted sample, and the shortfall
+    (classes that got fewer samples than asked)."""
+    for n in np.unique(t["tried_param"]):
+        k = t["tried_param"] == n
+        acc, prop = t["tried_accepted"][k].sum(), t["tried_proposals"][k].sum()
+        ev.add(name, "d2c rejection", n, "acceptance_rate", acc / prop, int(acc), int(prop))
+        ev.add(name, "d2c rejection", n, "proposals_per_accepted", prop / acc if acc else np.inf, int(acc), int(prop))
+        ev.add(name, "d2c rejection", n, "accepted_samples", acc, int(acc), int(k.sum()))
+
+
 SCORERS = {"fidelity": score_fidelity, "pairs": score_pairs, "roundtrip": score_roundtrip}
 
 
@@ -209,8 +225,13 @@ def evaluate(cfg: dict, name: str, data: str | Path, classifier: str | Path, tab
         if samples_npz is None:
             raise FgsdError(f"evaluating sample set '{name}' needs samples_npz=<its npz>")
         spec = stages.SAMPLE_SETS[name].evaluation
-        SCORERS[spec.how](ev, name, samples.load(samples_npz), spec)
-    frame = pd.DataFrame(ev.rows)
+        t = samples.load(samples_npz)
+        if len(t["label"]):
+            SCORERS[spec.how](ev, name, t, spec)
+        if "tried_proposals" in t:
+            score_acceptance(ev, name, t)
+    frame = pd.DataFrame(ev.rows, columns=["set", "variant", "param", "metric", "value", "n_samples", "n_real",
+                                           "extractor"])
     files.save_csv(table, frame, float_format=None)
     log.info("wrote %d metric rows to %s", len(frame), table)
 

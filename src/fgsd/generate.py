@@ -41,7 +41,7 @@ from .data import load_split
 from .denoisers import Guided, class_centroid, mix, per_sample, unet
 from .errors import FgsdError
 from .network import UNet
-from .runtime import gflop_per_call, resolve_device, to_float, to_uint8
+from .runtime import exemplars, generator, gflop_per_call, resolve_device, to_float, to_uint8
 
 log = logging.getLogger("fgsd")
 
@@ -70,6 +70,7 @@ class Context:
     def __init__(self, cfg, name, model, data_dir, device, inputs=None):
         self.s, self.seed, self.name = cfg["sampling"], cfg["seed"], name
         self.inputs = inputs or {}   # the set's files beyond the model and data (stages.SampleSet.inputs)
+        self.cfg, self.data_dir = cfg, data_dir
         self.timings: list[dict] = []
         self.device = resolve_device(device)
         self.train, self.test = load_split(data_dir, "train"), load_split(data_dir, "test")
@@ -340,14 +341,105 @@ def set_guidance(ctx: Context) -> dict:
     return samples.concat(tables)
 
 
+def _d2c(ctx: Context):
+    """D2C's prior (with its latent statistics) and autoencoder, and the cost of one call of each."""
+    from . import d2c
+    prior, mean, std = d2c.load_prior(ctx.model_path, ctx.device)
+    ae = d2c.load_autoencoder(ctx.inputs["autoencoder"], ctx.device)
+    shape = (len(mean), ctx.shape[1] // 2, ctx.shape[2] // 2)
+    one = torch.full((1, *shape), 0.5, device=ctx.device)
+    with torch.no_grad():
+        cost = dict(prior=gflop_per_call(lambda: prior(one, None)), decoder=gflop_per_call(lambda: ae.decode(one)))
+    return d2c, prior, mean, std, ae, shape, cost
+
+
+def _latent_ddim(ctx: Context, prior, shape, seeds, desc) -> tuple[torch.Tensor, int]:
+    """Latent images drawn from the prior by VE DDIM (sampling.d2c_steps, sigma0 -> sigma_final),
+    from 0.5 + sigma0 z: the latent images' std is 0.2, small against sigma0 = 1, so this plain
+    start is right here. Returns them and the prior calls per sample."""
+    s, t0 = ctx.s, time.perf_counter()
+    sig = samplers.sigma_schedule(s["sigma0"], s["sigma_final"], s["d2c_steps"], s["ddim_spacing"])
+    latent = samplers.ddim_init(shape, seeds, s["sigma0"], mean=0.5, device=ctx.device)
+    out = samplers.ddim(unet(prior, ctx.device), latent, sig, s["ddim_eta"], seeds)
+    ctx.timed(desc, len(seeds), t0)
+    return out.x.cpu(), len(sig)
+
+
+def set_d2c(ctx: Context) -> dict:
+    """D2C's unconditional samples: prior draws, decoded (the counterpart of the mixture set)."""
+    d2c, prior, mean, std, ae, shape, cost = _d2c(ctx)
+    n = ctx.s["per_class"] * ctx.n_seen
+    seeds = ctx.seeds(n)
+    ell, calls = _latent_ddim(ctx, prior, shape, seeds, "d2c unconditional")
+    x = d2c.decode(ae, d2c.from_latent_image(ell, mean.cpu(), std.cpu()), ctx.device).clamp(0, 1)
+    steps = ctx.s["d2c_steps"]
+    return samples.table(x, np.full(n, -1), [f"d2c ddim {steps}"] * n, np.full(n, calls + 1), seeds,
+                         gflop=np.full(n, calls * cost["prior"] + cost["decoder"]))
+
+
+def set_d2c_fewshot(ctx: Context) -> dict:
+    """D2C few-shot generation for the held-out classes, from the same N exemplars (and seeds)
+    as the FGSD few-shot set: a latent classifier r(c | z) (the N exemplars' latents against
+    `d2c_unlabelled` unlabelled training latents: positives vs unlabelled), then prior proposals
+    accepted with probability r, at most `d2c_cap` x `fewshot_per_n` of them. One pool of
+    proposals serves every (class, N) (common random numbers; each rejection run still sees
+    i.i.d. prior draws). Cost per accepted sample: proposals spent x prior calls / accepted, plus
+    one decoder call."""
+    from .d2c import training_crops
+    d2c, prior, mean, std, ae, shape, cost = _d2c(ctx)
+    s, k = ctx.s, ctx.s["fewshot_per_n"]
+    classes = np.unique(ctx.unseen["labels"])
+    if len(classes) == 0:
+        raise FgsdError("few-shot samples need held-out classes: set data.n_unseen > 0")
+    pool_seeds = ctx.seeds(s["d2c_cap"] * k)
+    ell, calls = _latent_ddim(ctx, prior, shape, pool_seeds, "d2c proposals")
+    z_pool = d2c.from_latent_image(ell, mean.cpu(), std.cpu())
+    crops, _ = training_crops(ctx.data_dir, ctx.cfg["d2c"]["protocol"])
+    pick = np.sort(np.random.default_rng([ctx.seed, 14]).choice(len(crops), min(s["d2c_unlabelled"], len(crops)),
+                                                                replace=False))
+    unlabelled = d2c.encode(ae, crops[pick], ctx.device).flatten(1)
+    tables, tried = [], []
+    for c in classes:
+        pool = ctx.crops(ctx.unseen, int(c), region=0)
+        for n in sorted({min(n, len(pool)) for n in s["fewshot_n"]}):
+            positives = d2c.encode(ae, exemplars(pool, n, [ctx.seed, 12, int(c), n]), ctx.device).flatten(1)
+            r = d2c.fit_logistic(torch.cat([positives, unlabelled]),
+                                 torch.cat([torch.ones(len(positives)), torch.zeros(len(unlabelled))]),
+                                 ctx.cfg["d2c"]["probe_l2"])
+            kept, spent = d2c.rejection_sample(r(z_pool), k, generator(ctx.seed, 15, int(c), n))
+            m = len(kept)
+            log.info("d2c few-shot: class %d, N=%d: %d of %d accepted from %d proposals (rate %.3f)", c, n, m, k, spent,
+                     m / spent)
+            tried.append((int(c), n, m, spent))
+            if m == 0:
+                continue
+            x = d2c.decode(ae, z_pool[kept], ctx.device).clamp(0, 1)
+            per = spent / m
+            tables.append(samples.table(
+                x, np.full(m, int(c)), ["d2c rejection"] * m, np.full(m, round(per * calls) + 1),
+                np.asarray(pool_seeds)[kept.numpy()], param=np.full(m, n),
+                gflop=np.full(m, per * calls * cost["prior"] + cost["decoder"]), acceptance_rate=np.full(m, m / spent),
+                proposals_per_accepted=np.full(m, per)))
+    if not tables:
+        log.warning("d2c few-shot: no proposal was accepted for any class and N (sampling.d2c_cap bounds the tries)")
+        tables = [samples.table(torch.zeros((0, *ctx.shape)), [], [], [], [], param=[], gflop=[], acceptance_rate=[],
+                                proposals_per_accepted=[])]
+    out = samples.concat(tables)
+    # every (class, N) tried, accepted or not: what the acceptance rates are read from
+    out.update({f"tried_{k}": np.asarray([t[i] for t in tried], np.int64)
+                for i, k in enumerate(("label", "param", "accepted", "proposals"))})
+    return out
+
+
 def generate(cfg: dict, name: str, model: str | Path, data: str | Path, samples_npz: str | Path, device="auto",
-             seconds: str | Path | None = None, guide: str | Path | None = None) -> None:
+             seconds: str | Path | None = None, guide: str | Path | None = None,
+             autoencoder: str | Path | None = None) -> None:
     """Draw sample set `name` from `model` (and the set's other inputs, `stages.SampleSet.inputs`:
     the guide) and write it to `samples_npz`; the wall-clock seconds of each block go to `seconds`."""
     if name not in stages.SAMPLE_SETS:
         raise FgsdError(f"unknown sample set '{name}': choose one of {list(stages.SAMPLE_SETS)}")
     wanted = stages.SAMPLE_SETS[name].inputs
-    inputs = {k: v for k, v in dict(guide=guide).items() if v is not None}
+    inputs = {k: v for k, v in dict(guide=guide, autoencoder=autoencoder).items() if v is not None}
     if set(inputs) != set(wanted):
         raise FgsdError(f"sample set '{name}' takes the inputs {sorted(wanted) or 'model and data only'}, "
                         f"got {sorted(inputs)}")

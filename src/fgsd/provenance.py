@@ -42,10 +42,15 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+VOLATILE = "benchmarks"  # a folder of timings (e.g. seconds per sample), which differ from run to run by nature
+
+
 def _checksums(paths) -> dict[str, str]:
-    """sha256 of each file that still exists, skipping resumable state under hidden folders."""
+    """sha256 of each file that still exists, skipping resumable state under hidden folders and
+    timings under a `benchmarks` folder (a checksum of a timing would make every record differ
+    between two runs of the same code on the same data)."""
     return {p: files.sha256(p) for p in sorted(paths)
-            if Path(p).is_file() and not any(part.startswith(".") for part in Path(p).parts)}
+            if Path(p).is_file() and not any(part.startswith(".") or part == VOLATILE for part in Path(p).parts)}
 
 
 def record(path: str | Path, job: str, cfg: dict, keys: list[str], params_files: list[str]) -> dict:

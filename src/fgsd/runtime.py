@@ -48,3 +48,11 @@ def gflop_per_call(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 1e9
+
+
+def exemplars(images: torch.Tensor, n: int, key: list[int]) -> torch.Tensor:
+    """n of `images` (0 or more than there are: all), chosen by a generator seeded by `key`: the
+    same exemplars of a class for every method that conditions on N of them (FGSD centroids, D2C)."""
+    if 0 < n < len(images):
+        return images[np.sort(np.random.default_rng(key).choice(len(images), n, replace=False))]
+    return images

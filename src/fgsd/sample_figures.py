@@ -229,3 +229,51 @@ def fig10_guidance(cfg, guidance, metrics, guide_log, data, pdf, png) -> None:
 
 def cfg_classes(data) -> int:
     return len(np.unique(load_split(data, "train")["labels"]))
+
+
+def fig11_fewshot_baselines(cfg, fewshot, d2c_fewshot, metrics, data, pdf, png) -> None:
+    """Held-out classes from N exemplars: FGSD centroids vs D2C rejection sampling."""
+    t = samples.read_metrics(metrics.split(","), rounded=True)
+    fig = plt.figure(figsize=(13, 8))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.3], hspace=0.35, wspace=0.3)
+    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+    for set_name, label, style in (("fewshot", "FGSD (centroid of N exemplars)", "o-"),
+                                   ("d2c_fewshot", "D2C (rejection sampling)", "s--")):
+        for a, m in ((axes[0], "accuracy"), (axes[2], "kid")):
+            d = t[(t.set == set_name) & (t.metric == m)].sort_values("param")
+            a.plot(d.param, d.value, style, label=label)
+            for r in d.itertuples():
+                a.annotate(f"n={r.n_samples}", (r.param, r.value), fontsize=6, textcoords="offset points",
+                           xytext=(3, 3))
+    acc = t[(t.set == "d2c_fewshot") & (t.metric == "acceptance_rate")].sort_values("param")
+    axes[1].plot(acc.param, acc.value.clip(lower=1e-4), "s--", color="tab:orange")
+    for r in acc.itertuples():
+        axes[1].annotate(f"{int(r.n_samples)}/{int(r.n_real)}", (r.param, max(r.value, 1e-4)), fontsize=6,
+                         textcoords="offset points", xytext=(3, 3))
+    n_classes = len(np.unique(load_split(data, "unseen")["labels"]))
+    axes[0].axhline(1 / max(n_classes + cfg_classes(data), 1), color="0.6", ls=":", lw=1, label="chance")
+    axes[0].set_ylim(-0.02, 1.02), axes[0].set_ylabel("judge accuracy"), axes[0].legend(fontsize=6)
+    axes[1].set_yscale("log"), axes[1].set_ylabel("D2C acceptance rate (accepted/proposals)")
+    axes[2].set_ylabel("KID vs held-out crops of the class"), axes[2].legend(fontsize=6)
+    for a in axes:
+        a.set_xscale("log"), a.set_xlabel("N exemplars")
+        a.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    few, d2 = samples.load(fewshot), samples.load(d2c_fewshot)
+    unseen = load_split(data, "unseen")
+    classes = [str(c) for c in load_split(data, "train")["classes"]]
+    rows, names = [], []
+    for c in np.unique(few["label"]):
+        rows.append(list(unseen["images"][(unseen["labels"] == c) & (unseen["region"] == 0)][:6]))
+        names.append(f"{_short(classes[c])}: real")
+        for n in np.unique(few["param"]):
+            for set_name, t_ in (("FGSD", few), ("D2C", d2)):
+                k = (t_["label"] == c) & (t_["param"] == n)
+                rows.append(list(t_["images"][k][:6]))
+                names.append(f"{set_name} N={int(n)}")
+    tile = few["images"].shape[-1]
+    blank = np.full_like(few["images"][0], 255)
+    ax = fig.add_subplot(grid[1, :])
+    show(ax, mosaic([r if r else [blank] for r in rows], cols=6), "real crops, then samples per N (blank: nothing "
+         "accepted)", row_labels=names, tile=tile)
+    save(fig, pdf, png)

@@ -102,11 +102,15 @@ def comparison(t: pd.DataFrame) -> pd.DataFrame:
         if not k.any():
             return
         row = dict(method=method, conditioning=conditioning, classes=classes, sampler=variant, knob=knob)
+        for m in ("acceptance_rate", "proposals_per_accepted"):
+            r = metric(t[k], set_name, m)
+            if r is not None:
+                row[m] = float(r.value)
         for m in COMPARED:
             r = metric(t[k], set_name, m, extractor=EXTRACTOR if m in ("kid", "fid", "precision", "recall") else None)
             row[m] = float(r.value) if r is not None else (0.0 if m == "guide_nfe" else float("nan"))
-        acc = metric(t[k], set_name, "accuracy")
-        row["n_samples"] = int(acc.n_samples) if acc is not None else 0
+        count = [r for r in (metric(t[k], set_name, m) for m in ("accuracy", "nfe", "acceptance_rate")) if r is not None]
+        row["n_samples"] = int(count[0].n_samples) if count else 0
         rows.append(row)
 
     for r in t[(t.set == "guidance") & (t.metric == "accuracy")].itertuples():
@@ -119,6 +123,11 @@ def comparison(t: pd.DataFrame) -> pd.DataFrame:
         add("FGSD", "centroid of the class's training crops", "seen", "nfe", r.variant, r.param, r.variant)
     for r in t[(t.set == "fewshot") & (t.metric == "accuracy")].itertuples():
         add("FGSD", f"centroid of {int(r.param)} exemplars", "unseen", "fewshot", r.variant, r.param,
+            f"N={int(r.param)}")
+    for r in t[(t.set == "d2c") & (t.metric == "nfe")].itertuples():
+        add("D2C", "none (unconditional)", "seen", "d2c", r.variant, r.param, "prior draws")
+    for r in t[(t.set == "d2c_fewshot") & (t.metric == "acceptance_rate")].itertuples():
+        add("D2C", f"latent classifier from {int(r.param)} exemplars", "unseen", "d2c_fewshot", r.variant, r.param,
             f"N={int(r.param)}")
     if rows and any(r["method"] == "ADM-G" for r in rows):
         rows.append(dict(method="ADM-G", conditioning="class label", classes="unseen", sampler="n/a",

@@ -30,6 +30,9 @@ SEPARATION = "results/analysis/separation.csv"
 DENSITY = "results/analysis/density.csv"
 CLASSIFIER = "results/models/classifier/model.pt"
 GUIDE = "results/models/guide/model.pt"     # ADM-G's noise-aware classifier (never the judge)
+D2C_AUTOENCODER = "results/models/d2c_autoencoder/model.pt"   # D2C stage 1
+D2C_PRIOR = "results/models/d2c_prior/model.pt"                 # D2C stage 2: the latent diffusion prior
+BASELINE_MODELS = ("d2c_prior",)  # model kinds a sample set may read besides MODEL_KINDS (trained by their own stage)
 REPLICATE = "results/replicates/seed{rseed}"   # the models of one more training seed, and their sweep
 REPLICATE_MODEL = REPLICATE + "/models/{kind}/model.pt"
 REPLICATE_SWEEP = REPLICATE + "/sweep.csv"
@@ -61,6 +64,8 @@ STAGES = {
     "summary": Stage("summary", "summary", ("seed", "train.replicate_seeds")),
     "sample": Stage("generate", "generate", ("seed", "device", *SAMPLER_KEYS), named=True),
     "guide": Stage("guide", "train_guide", ("seed", "device", "guide", "train.sigma_max", "train.sigma_data")),
+    "d2c_autoencoder": Stage("d2c", "train_autoencoder", ("seed", "device", "d2c")),
+    "d2c_prior": Stage("d2c", "train_prior", ("seed", "device", "d2c", "train.sigma_max")),
     "classifier": Stage("classifier", "train_classifier", ("seed", "device", "evaluate.classifier_steps",
                                                           "evaluate.classifier_batch", "evaluate.classifier_lr",
                                                           "evaluate.classifier_width", "evaluate.feature_dim")),
@@ -88,7 +93,7 @@ class SampleSet:
     function: str                   # generate.<function>(ctx) -> samples.table(...)
     seed_id: int                    # its noise-seed stream: fixed forever, so adding a set moves no other set
     model: str                      # the model kind it samples from
-    keys: tuple[str, ...] = ()      # sampling.* keys beyond SAMPLER_KEYS
+    keys: tuple[str, ...] = ()      # sampling.* keys beyond SAMPLER_KEYS (a dotted key: that key itself)
     evaluation: Evaluation = field(default_factory=Evaluation)
     inputs: dict[str, str] = field(default_factory=dict)  # argument -> file, beyond the model and the data
 
@@ -113,10 +118,17 @@ SAMPLE_SETS = {  # in the order their metrics appear in samples.csv
                           ("guidance_scales", "guidance_per_class", "guidance_ddim_steps", "guidance_sigma_from",
                            "ddim_spacing", "ddim_init"),
                           Evaluation(by=("variant", "param")), inputs={"guide": GUIDE}),
+    "d2c": SampleSet("set_d2c", 8, "d2c_prior", ("per_class", "d2c_steps", "ddim_eta", "ddim_spacing"),
+                     inputs={"autoencoder": D2C_AUTOENCODER}),
+    "d2c_fewshot": SampleSet("set_d2c_fewshot", 9, "d2c_prior",
+                             ("fewshot_n", "fewshot_per_n", "d2c_steps", "d2c_cap", "d2c_unlabelled", "ddim_eta",
+                              "ddim_spacing", "d2c.probe_l2", "d2c.protocol"),
+                             Evaluation(by=("param",), real="own"), inputs={"autoencoder": D2C_AUTOENCODER}),
 }
 REFERENCE = "real"  # the evaluation group of real training crops: the floor sample metrics are read against
 EVAL_GROUPS = (REFERENCE, *SAMPLE_SETS)
-HEADLINE_GROUPS = (REFERENCE, "conditional", "mixture", "fewshot", "inversion", "nfe", "guidance")  # summary.json's
+HEADLINE_GROUPS = (REFERENCE, "conditional", "mixture", "fewshot", "inversion", "nfe", "guidance", "d2c",
+                   "d2c_fewshot")  # what summary.json quotes
 
 
 def set_metrics(*groups: str) -> dict[str, str]:
@@ -221,6 +233,18 @@ FIGURES = {
         "default sampler and the quality-vs-cost settings of Fig 9. ADM-G has no unseen-class point: its guide "
         "knows only its training classes. Top right: the guide's accuracy on noisy held-out crops per σ band. "
         "Bottom: ADM-G samples, the same seeds at every scale."),
+    "fig11_fewshot_baselines": Figure(
+        "sample_figures", {"fewshot": SAMPLES.format(sample_set="fewshot"),
+                           "d2c_fewshot": SAMPLES.format(sample_set="d2c_fewshot"),
+                           "metrics": [SET_METRICS.format(group=g) for g in ("fewshot", "d2c_fewshot")]}, data=True,
+        caption="**Fig 11: few-shot classes, feature guidance vs D2C.** For the held-out classes, from the same N "
+        "exemplars (``sampling.fewshot_n``): FGSD's centroid of the N exemplars vs D2C's rejection sampling "
+        "(prior draws of its contrastive autoencoder's latents, accepted with the probability a latent "
+        "classifier gives, N exemplars against unlabelled training latents; at most ``sampling.d2c_cap`` "
+        "proposals per wanted sample). Left: judge accuracy (the independent classifier) per N, with sample "
+        "counts. Middle: D2C's acceptance rate per N (pooled over classes). Right: KID against held-out crops "
+        "of the same classes. Bottom: real crops of each held-out class, then FGSD and D2C samples per N (an "
+        "empty row: nothing accepted)."),
 }
 
 
@@ -230,7 +254,7 @@ def stage_keys(stage: str, name: str | None = None) -> list[str]:
     if stage == "train":
         keys.append(f"train.{name}")
     elif stage == "sample":
-        keys += [f"sampling.{k}" for k in SAMPLE_SETS[name].keys]
+        keys += [k if "." in k else f"sampling.{k}" for k in SAMPLE_SETS[name].keys]
     elif stage == "figure":
         keys += FIGURES[name].keys
     return keys

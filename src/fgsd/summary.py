@@ -112,8 +112,8 @@ def curves_by_seed(sweeps: dict[int, pd.DataFrame]) -> pd.DataFrame:
 
 
 def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str | Path, references_json: str | Path,
-            set_metrics: str, classifier_metrics: str | Path, guide_metrics: str | Path, replicate_sweeps: str,
-            summary_json: str | Path, gain: str | Path, gain_by_seed: str | Path) -> None:
+            set_metrics: str, classifier_metrics: str | Path, guide_metrics: str | Path, d2c_metrics: str | Path,
+            replicate_sweeps: str, summary_json: str | Path, gain: str | Path, gain_by_seed: str | Path) -> None:
     """summary.json: the headline numbers, each with its counts; psnr_gain.csv: the Fig 3 curves
     (and per training seed, psnr_gain_by_seed.csv). set_metrics: the evaluation groups' metric
     files the sample-quality headline quotes (stages.HEADLINE_GROUPS); replicate_sweeps: the
@@ -157,6 +157,7 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
                            for row in samples.comparison(metrics).to_dict("records")],
         guide=files.load_json(guide_metrics)["final"] | {"note": "ADM-G's guide: held-out noisy crops of the seen "
                                                          "classes, accuracy per sigma band; never the judge"},
+        d2c_autoencoder=files.load_json(d2c_metrics),
         classifier={k: v for k, v in files.load_json(classifier_metrics).items() if k != "per_class_accuracy"},
     )
     files.save_json(summary_json, out)

@@ -90,6 +90,7 @@ rule summary:
         set_metrics=list(stages.set_metrics(*stages.HEADLINE_GROUPS).values()),
         classifier_metrics="results/models/classifier/metrics.json",
         guide_metrics="results/models/guide/metrics.json",
+        d2c_metrics="results/models/d2c_autoencoder/metrics.json",
         replicate_sweeps=expand(stages.REPLICATE_SWEEP, rseed=config["train"]["replicate_seeds"]),
         code=code("summary"),
     output:

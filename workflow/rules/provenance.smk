@@ -8,6 +8,8 @@ JOBS = [
     *expand("sample_{sample_set}", sample_set=SAMPLE_SETS),
     "classifier",
     "guide",
+    "d2c_autoencoder",
+    "d2c_prior",
     *expand("evaluate_{group}", group=EVAL_GROUPS),
     "sample_metrics",
     "summary",

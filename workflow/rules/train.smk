@@ -72,3 +72,56 @@ rule guide:  # ADM-G's noise-aware classifier, on the seen classes (the baseline
         runtime=60,
     shell:
         "python -m fgsd guide {params.args} --log {log} --provenance {output.prov}"
+
+
+rule d2c_autoencoder:  # D2C stage 1: the contrastive autoencoder (d2c.protocol says which crops it sees)
+    input:
+        DATA_FILES,
+        code=code("d2c_autoencoder"),
+    output:
+        model=stages.D2C_AUTOENCODER,
+        train_log="results/models/d2c_autoencoder/train_log.csv",
+        metrics="results/models/d2c_autoencoder/metrics.json",
+        prov="results/provenance/d2c_autoencoder.json",
+    params:
+        tracked=tracked("d2c_autoencoder"),
+        spec=spec("d2c_autoencoder"),
+        args=args(data=DATA, state="results/.state"),
+    log:
+        "results/logs/d2c_autoencoder.log",
+    benchmark:
+        "results/benchmarks/d2c_autoencoder.tsv"
+    threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m fgsd d2c_autoencoder {params.args} --log {log} --provenance {output.prov}"
+
+
+rule d2c_prior:  # D2C stage 2: the diffusion prior on the autoencoder's standardised latents
+    input:
+        DATA_FILES,
+        autoencoder=stages.D2C_AUTOENCODER,
+        code=code("d2c_prior"),
+    output:
+        model=stages.D2C_PRIOR,
+        train_log="results/models/d2c_prior/train_log.csv",
+        metrics="results/models/d2c_prior/metrics.json",
+        prov="results/provenance/d2c_prior.json",
+    params:
+        tracked=tracked("d2c_prior"),
+        spec=spec("d2c_prior"),
+        args=args(data=DATA, state="results/.state"),
+    log:
+        "results/logs/d2c_prior.log",
+    benchmark:
+        "results/benchmarks/d2c_prior.tsv"
+    threads: 8  # scaled down to --cores on smaller machines
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m fgsd d2c_prior {params.args} --log {log} --provenance {output.prov}"
