@@ -101,7 +101,7 @@ def test_smoke_chain_produces_every_output(smoke_run):
     assert {"set", "variant", "param", "metric", "value", "n_samples", "n_real", "extractor"} <= set(table.columns)
     assert set(table[table.set == "nfe"].variant) == {"c2f beta=0.5", "ddim 5", "ddim 10", "gaussian fit",
                                                       "ddim 5 mixture start", "ddim 10 mixture start"}
-    assert {r["method"] for r in summary["method_comparison"]} == {"mixture model", "ADM-G", "FGSD", "D2C"}
+    assert {r["method"] for r in summary["method_comparison"]} == {"mixture model", "ADM-G", "FGSD", "D2C (strict)"}
     assert 0 <= summary["guide"]["accuracy"] <= 1 and (repo / "results/benchmarks/seconds_guidance.csv").is_file()
     seeds = summary["seeds"]  # the smoke preset trains the same replicate seeds as the default
     assert seeds["seeds"] == [0, 1, 2] and len(seeds["conditional_minus_mixture_db"]["1"]["values"]) == 3

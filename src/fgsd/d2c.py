@@ -131,44 +131,38 @@ def rejection_sample(accept_prob: torch.Tensor, n_wanted: int, g: torch.Generato
     return kept, len(accept_prob)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200):
-    """L2-regularised logistic regression (binary y in {0, 1}) on standardised features, by
-    L-BFGS; returns p(y = 1 | x) as a function (D2C's latent classifier, a linear probe)."""
+def linear_model(x: torch.Tensor, targets: torch.Tensor, l2: float, loss_fn, out_shape: tuple = (),
+                 steps: int = 200):
+    """An L2-regularised linear model on standardised features, fitted by L-BFGS: returns
+    z -> logits. The linear probe and D2C's latent classifier are both this."""
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     xs = (x - mean) / std
-    w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
-    b = torch.zeros((), dtype=x.dtype, requires_grad=True)
+    w = torch.zeros((x.shape[1], *out_shape), dtype=x.dtype, requires_grad=True)
+    b = torch.zeros(out_shape, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-    yf = y.to(x.dtype)
 
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(xs @ w + b, yf) + 0.5 * l2 * w.pow(2).sum()
+        loss = loss_fn(xs @ w + b, targets) + 0.5 * l2 * w.pow(2).sum()
         loss.backward()
         return loss
     opt.step(closure)
     w, b = w.detach(), b.detach()
-    return lambda z: torch.sigmoid(((z.flatten(1).to(x.dtype) - mean) / std) @ w + b)
+    return lambda z: ((z.flatten(1).to(x.dtype) - mean) / std) @ w + b
 
 
-def softmax_probe(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200):
-    """Multinomial L2-regularised logistic regression (the linear probe of D2C's representation
-    claim); returns a predict(x) -> labels function."""
-    k = int(y.max()) + 1
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    w = torch.zeros(x.shape[1], k, requires_grad=True)
-    b = torch.zeros(k, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-    xs = (x - mean) / std
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float):
+    """Binary logistic regression (y in {0, 1}): returns z -> p(y = 1 | z) (D2C's latent
+    classifier r(c | z))."""
+    logits = linear_model(x, y.to(x.dtype), l2, F.binary_cross_entropy_with_logits)
+    return lambda z: torch.sigmoid(logits(z))
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(xs @ w + b, y) + 0.5 * l2 * w.pow(2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    w, b = w.detach(), b.detach()
-    return lambda z: (((z.flatten(1) - mean) / std) @ w + b).argmax(1)
+
+def softmax_probe(x: torch.Tensor, y: torch.Tensor, l2: float):
+    """Multinomial logistic regression (the linear probe of D2C's representation claim):
+    returns z -> predicted labels."""
+    logits = linear_model(x, y, l2, F.cross_entropy, (int(y.max()) + 1,))
+    return lambda z: logits(z).argmax(1)
 
 
 LATENT_CENTRE, LATENT_SCALE = 0.5, 0.2  # latent image = 0.5 + 0.2 z_std: sigma in (0, 1] spans 5 latent stds

@@ -262,18 +262,19 @@ def fig11_fewshot_baselines(cfg, fewshot, d2c_fewshot, metrics, data, pdf, png) 
     few, d2 = samples.load(fewshot), samples.load(d2c_fewshot)
     unseen = load_split(data, "unseen")
     classes = [str(c) for c in load_split(data, "train")["classes"]]
-    rows, names = [], []
-    for c in np.unique(few["label"]):
-        rows.append(list(unseen["images"][(unseen["labels"] == c) & (unseen["region"] == 0)][:6]))
-        names.append(f"{_short(classes[c])}: real")
-        for n in np.unique(few["param"]):
-            for set_name, t_ in (("FGSD", few), ("D2C", d2)):
-                k = (t_["label"] == c) & (t_["param"] == n)
-                rows.append(list(t_["images"][k][:6]))
-                names.append(f"{set_name} N={int(n)}")
-    tile = few["images"].shape[-1]
+    labels, per = np.unique(few["label"])[:3], 6
     blank = np.full_like(few["images"][0], 255)
+
+    def cells(images):  # `per` tiles, blank-padded (a shortfall shows as blanks)
+        return list(images[:per]) + [blank] * (per - min(len(images), per))
+    rows, names = [[t for c in labels for t in cells(unseen["images"][(unseen["labels"] == c) &
+                                                                      (unseen["region"] == 0)])]], ["real crops"]
+    for n in np.unique(few["param"]):
+        for name, t_ in (("FGSD", few), ("D2C", d2)):
+            rows.append([t for c in labels for t in cells(t_["images"][(t_["label"] == c) & (t_["param"] == n)])])
+            names.append(f"{name}, N={int(n)}")
     ax = fig.add_subplot(grid[1, :])
-    show(ax, mosaic([r if r else [blank] for r in rows], cols=6), "real crops, then samples per N (blank: nothing "
-         "accepted)", row_labels=names, tile=tile)
+    show(ax, mosaic(rows), "held-out classes (columns, six tiles each): real crops, then samples per N (blank: "
+         "nothing accepted)", row_labels=names, tile=few["images"].shape[-1],
+         col_labels=[_short(classes[c]) if j == per // 2 else "" for c in labels for j in range(per)])
     save(fig, pdf, png)

@@ -106,6 +106,16 @@ def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
     return out
 
 
+def comparison_records(metrics: pd.DataFrame, d2c_protocol: str) -> list[dict]:
+    """The method comparison as JSON records (NaN -> null); D2C's rows name the protocol its
+    autoencoder and prior were trained under (strict, or transductive: an upper bound)."""
+    rows = samples.comparison(metrics).to_dict("records")
+    for row in rows:
+        if row["method"] == "D2C":
+            row["method"] = f"D2C ({d2c_protocol})"
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
+
+
 def curves_by_seed(sweeps: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """The Fig 3 curves of every training seed, one block of rows per seed."""
     return pd.concat([psnr_gain(sw).assign(seed=seed) for seed, sw in sweeps.items()], ignore_index=True)
@@ -153,8 +163,7 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         density_grid_start_sensitivity={f"kl_sigma_min{k}": correlations(dens, f"sym_kl{k}")
                                         for k in ("_half_min", "_double_min")},
         sample_quality=samples.headline(metrics),
-        method_comparison=[{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-                           for row in samples.comparison(metrics).to_dict("records")],
+        method_comparison=comparison_records(metrics, files.load_json(d2c_metrics)["protocol"]),
         guide=files.load_json(guide_metrics)["final"] | {"note": "ADM-G's guide: held-out noisy crops of the seen "
                                                          "classes, accuracy per sigma band; never the judge"},
         d2c_autoencoder=files.load_json(d2c_metrics),
