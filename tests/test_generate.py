@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import train_into
 
-from fgsd import checkpoints, data, denoisers, files, generate, guide, network, samplers, stages
+from fgsd import checkpoints, d2c, data, denoisers, files, generate, guide, network, samplers, stages
 from fgsd.runtime import to_float
 
 
@@ -30,7 +30,15 @@ def trained(tmp_path_factory):
     cfg["guide"].update(steps=40, batch_size=16, eval_every=20, checkpoint_every=100)
     g = tmp / "models" / "guide"
     guide.train_guide(cfg, tmp / "data", g / "model.pt", g / "train_log.csv", g / "metrics.json", tmp / "state", "cpu")
-    cfg["sampling"].update(sigma_final=0.1, beta=0.5, h0=0.05, fewshot_n=[1, 5, 500])
+    # D2C's two stages, transductive so that the held-out class has proposals to accept
+    cfg["d2c"].update(ae_steps=60, ae_batch=16, queue=32, eval_every=30, checkpoint_every=100, prior_steps=40,
+                      prior_batch=16, protocol="transductive")
+    a, pr = tmp / "models" / "d2c_autoencoder", tmp / "models" / "d2c_prior"
+    d2c.train_autoencoder(cfg, tmp / "data", a / "model.pt", a / "train_log.csv", a / "metrics.json", tmp / "state",
+                          "cpu")
+    d2c.train_prior(cfg, tmp / "data", a / "model.pt", pr / "model.pt", pr / "train_log.csv", pr / "metrics.json",
+                    tmp / "state", "cpu")
+    cfg["sampling"].update(sigma_final=0.1, beta=0.5, h0=0.05, fewshot_n=[1, 5, 500], d2c_cap=200)
     return cfg, tmp
 
 
