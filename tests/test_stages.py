@@ -33,7 +33,8 @@ def test_seed_ids_are_fixed_and_distinct():
     """A set's noise seeds depend on its id alone, so the ids of existing sets never change."""
     ids = {name: row.seed_id for name, row in stages.SAMPLE_SETS.items()}
     assert ids == {"conditional": 0, "mixture": 1, "interpolation": 2, "mixing": 3, "fewshot": 4, "nfe": 5,
-                   "inversion": 6, "guidance": 7, "d2c": 8, "d2c_fewshot": 9}
+                   "inversion": 6, "guidance": 7, "d2c": 8, "d2c_fewshot": 9,
+                   "fewshot_seen": 10, "d2c_fewshot_seen": 11}
     assert len(set(ids.values())) == len(ids)
 
 

@@ -245,22 +245,40 @@ def set_mixing(ctx: Context) -> dict:
     return samples.concat(tables)
 
 
-def set_fewshot(ctx: Context) -> dict:
+def fewshot_pools(ctx: Context, seen: bool) -> list[tuple[int, torch.Tensor]]:
+    """(class, crops its N exemplars are drawn from) for the few-shot sets: every held-out class
+    and its region-0 crops; or `sampling.fewshot_seen_classes` seen classes (a seeded choice) and
+    their training crops, where the models know the class and only the conditioning is few-shot."""
+    if not seen:
+        classes = np.unique(ctx.unseen["labels"])
+        if len(classes) == 0:
+            raise FgsdError("few-shot samples need held-out classes: set data.n_unseen > 0")
+        return [(int(c), ctx.crops(ctx.unseen, int(c), region=0)) for c in classes]
+    m = min(ctx.s["fewshot_seen_classes"], ctx.n_seen)
+    classes = np.sort(np.random.default_rng([ctx.seed, 16]).choice(ctx.n_seen, m, replace=False))
+    return [(int(c), ctx.crops(ctx.train, int(c))) for c in classes]
+
+
+def _fewshot(ctx: Context, seen: bool) -> dict:
     model, k = ctx.model(), ctx.s["fewshot_per_n"]
-    classes = np.unique(ctx.unseen["labels"])
-    if len(classes) == 0:
-        raise FgsdError("few-shot samples need held-out classes: set data.n_unseen > 0")
     phis, labels, ns = [], [], []
-    for c in classes:
-        pool = ctx.crops(ctx.unseen, int(c), region=0)
+    for c, pool in fewshot_pools(ctx, seen):
         for n in sorted({min(n, len(pool)) for n in ctx.s["fewshot_n"]}):
-            phis += [class_centroid(model, pool, ctx.device, n, [ctx.seed, 12, int(c), n])] * k
-            labels += [int(c)] * k
+            phis += [class_centroid(model, pool, ctx.device, n, [ctx.seed, 12, c, n])] * k
+            labels += [c] * k
             ns += [n] * k
     seeds = ctx.seeds(len(labels))
     den = unet(model, ctx.device, per_sample(phis))
     x, nfe = ctx.c2f(den, seeds, desc="few-shot")
     return samples.table(x, labels, ["c2f"] * len(labels), nfe, seeds, param=ns, gflop=nfe * ctx.gflop(den))
+
+
+def set_fewshot(ctx: Context) -> dict:
+    return _fewshot(ctx, seen=False)
+
+
+def set_fewshot_seen(ctx: Context) -> dict:
+    return _fewshot(ctx, seen=True)
 
 
 def set_nfe(ctx: Context) -> dict:
@@ -377,20 +395,18 @@ def set_d2c(ctx: Context) -> dict:
                          gflop=np.full(n, calls * cost["prior"] + cost["decoder"]))
 
 
-def set_d2c_fewshot(ctx: Context) -> dict:
-    """D2C few-shot generation for the held-out classes, from the same N exemplars (and seeds)
-    as the FGSD few-shot set: a latent classifier r(c | z) (the N exemplars' latents against
-    `d2c_unlabelled` unlabelled training latents: positives vs unlabelled), then prior proposals
-    accepted with probability r, at most `d2c_cap` x `fewshot_per_n` of them. One pool of
-    proposals serves every (class, N) (common random numbers; each rejection run still sees
-    i.i.d. prior draws). Cost per accepted sample: proposals spent x prior calls / accepted, plus
-    one decoder call."""
+def _d2c_fewshot(ctx: Context, seen: bool) -> dict:
+    """D2C few-shot generation for the held-out classes (seen: for `fewshot_seen_classes` seen
+    classes), from the same N exemplars (and seeds) as the FGSD few-shot sets: a latent
+    classifier r(c | z) (the N exemplars' latents against `d2c_unlabelled` unlabelled training
+    latents: positives vs unlabelled), then prior proposals accepted with probability r, at most
+    `d2c_cap` x `fewshot_per_n` of them. One pool of proposals serves every (class, N) (common
+    random numbers; each rejection run still sees i.i.d. prior draws). Cost per accepted
+    sample: proposals spent x prior calls / accepted, plus one decoder call."""
     from .d2c import training_crops
     d2c, prior, mean, std, ae, shape, cost = _d2c(ctx)
     s, k = ctx.s, ctx.s["fewshot_per_n"]
-    classes = np.unique(ctx.unseen["labels"])
-    if len(classes) == 0:
-        raise FgsdError("few-shot samples need held-out classes: set data.n_unseen > 0")
+    pools = fewshot_pools(ctx, seen)
     pool_seeds = ctx.seeds(s["d2c_cap"] * k)
     ell, calls = _latent_ddim(ctx, prior, shape, pool_seeds, "d2c proposals")
     z_pool = d2c.from_latent_image(ell, mean.cpu(), std.cpu())
@@ -399,24 +415,23 @@ def set_d2c_fewshot(ctx: Context) -> dict:
                                                                 replace=False))
     unlabelled = d2c.encode(ae, crops[pick], ctx.device).flatten(1)
     tables, tried = [], []
-    for c in classes:
-        pool = ctx.crops(ctx.unseen, int(c), region=0)
+    for c, pool in pools:
         for n in sorted({min(n, len(pool)) for n in s["fewshot_n"]}):
-            positives = d2c.encode(ae, exemplars(pool, n, [ctx.seed, 12, int(c), n]), ctx.device).flatten(1)
+            positives = d2c.encode(ae, exemplars(pool, n, [ctx.seed, 12, c, n]), ctx.device).flatten(1)
             r = d2c.fit_logistic(torch.cat([positives, unlabelled]),
                                  torch.cat([torch.ones(len(positives)), torch.zeros(len(unlabelled))]),
                                  ctx.cfg["d2c"]["probe_l2"])
-            kept, spent = d2c.rejection_sample(r(z_pool), k, generator(ctx.seed, 15, int(c), n))
+            kept, spent = d2c.rejection_sample(r(z_pool), k, generator(ctx.seed, 15, c, n))
             m = len(kept)
             log.info("d2c few-shot: class %d, N=%d: %d of %d accepted from %d proposals (rate %.3f)", c, n, m, k, spent,
                      m / spent)
-            tried.append((int(c), n, m, spent))
+            tried.append((c, n, m, spent))
             if m == 0:
                 continue
             x = d2c.decode(ae, z_pool[kept], ctx.device).clamp(0, 1)
             per = spent / m
             tables.append(samples.table(
-                x, np.full(m, int(c)), ["d2c rejection"] * m, np.full(m, round(per * calls) + 1),
+                x, np.full(m, c), ["d2c rejection"] * m, np.full(m, round(per * calls) + 1),
                 np.asarray(pool_seeds)[kept.numpy()], param=np.full(m, n),
                 gflop=np.full(m, per * calls * cost["prior"] + cost["decoder"]), acceptance_rate=np.full(m, m / spent),
                 proposals_per_accepted=np.full(m, per)))
@@ -429,6 +444,14 @@ def set_d2c_fewshot(ctx: Context) -> dict:
     out.update({f"tried_{k}": np.asarray([t[i] for t in tried], np.int64)
                 for i, k in enumerate(("label", "param", "accepted", "proposals"))})
     return out
+
+
+def set_d2c_fewshot(ctx: Context) -> dict:
+    return _d2c_fewshot(ctx, seen=False)
+
+
+def set_d2c_fewshot_seen(ctx: Context) -> dict:
+    return _d2c_fewshot(ctx, seen=True)
 
 
 def generate(cfg: dict, name: str, model: str | Path, data: str | Path, samples_npz: str | Path, device="auto",

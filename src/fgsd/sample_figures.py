@@ -170,7 +170,7 @@ def fig10_guidance(cfg, guidance, metrics, guide_log, data, pdf, png) -> None:
     fig = plt.figure(figsize=(13, 8))
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.25], hspace=0.35, wspace=0.3)
     axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
-    adm = comp[comp.method != "FGSD"]
+    adm = comp[comp.method.isin(["ADM-G", "mixture model"])]
     real = samples.metric(t, "real", "kid", extractor=samples.EXTRACTOR)
     for a, m, label in ((axes[0], "accuracy", "judge accuracy (independent classifier)"),
                         (axes[1], "kid", "KID (in-domain features, class-marginal)")):
@@ -237,19 +237,24 @@ def fig11_fewshot_baselines(cfg, fewshot, d2c_fewshot, metrics, data, pdf, png) 
     fig = plt.figure(figsize=(13, 8))
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.3], hspace=0.35, wspace=0.3)
     axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
-    for set_name, label, style in (("fewshot", "FGSD (centroid of N exemplars)", "o-"),
-                                   ("d2c_fewshot", "D2C (rejection sampling)", "s--")):
+    for set_name, label, style, colour, alpha in (
+            ("fewshot", "FGSD (centroid of N exemplars)", "o-", "tab:blue", 1.0),
+            ("d2c_fewshot", "D2C (rejection sampling)", "s--", "tab:orange", 1.0),
+            ("fewshot_seen", "FGSD, seen classes", "o-", "tab:blue", 0.35),
+            ("d2c_fewshot_seen", "D2C, seen classes", "s--", "tab:orange", 0.35)):
         for a, m in ((axes[0], "accuracy"), (axes[2], "kid")):
             d = t[(t.set == set_name) & (t.metric == m)].sort_values("param")
-            a.plot(d.param, d.value, style, label=label)
+            a.plot(d.param, d.value, style, color=colour, alpha=alpha, label=label)
             for r in d.itertuples():
                 a.annotate(f"n={r.n_samples}", (r.param, r.value), fontsize=6, textcoords="offset points",
                            xytext=(3, 3))
-    acc = t[(t.set == "d2c_fewshot") & (t.metric == "acceptance_rate")].sort_values("param")
-    axes[1].plot(acc.param, acc.value.clip(lower=1e-4), "s--", color="tab:orange")
-    for r in acc.itertuples():
-        axes[1].annotate(f"{int(r.n_samples)}/{int(r.n_real)}", (r.param, max(r.value, 1e-4)), fontsize=6,
-                         textcoords="offset points", xytext=(3, 3))
+    for set_name, alpha, label in (("d2c_fewshot", 1.0, "held-out classes"), ("d2c_fewshot_seen", 0.35, "seen classes")):
+        acc = t[(t.set == set_name) & (t.metric == "acceptance_rate")].sort_values("param")
+        axes[1].plot(acc.param, acc.value.clip(lower=1e-4), "s--", color="tab:orange", alpha=alpha, label=label)
+        for r in acc.itertuples():
+            axes[1].annotate(f"{int(r.n_samples)}/{int(r.n_real)}", (r.param, max(r.value, 1e-4)), fontsize=6,
+                             textcoords="offset points", xytext=(3, 3))
+    axes[1].legend(fontsize=6)
     n_classes = len(np.unique(load_split(data, "unseen")["labels"]))
     axes[0].axhline(1 / max(n_classes + cfg_classes(data), 1), color="0.6", ls=":", lw=1, label="chance")
     axes[0].set_ylim(-0.02, 1.02), axes[0].set_ylabel("judge accuracy"), axes[0].legend(fontsize=6)

@@ -129,6 +129,12 @@ def comparison(t: pd.DataFrame) -> pd.DataFrame:
     for r in t[(t.set == "d2c_fewshot") & (t.metric == "acceptance_rate")].itertuples():
         add("D2C", f"latent classifier from {int(r.param)} exemplars", "unseen", "d2c_fewshot", r.variant, r.param,
             f"N={int(r.param)}")
+    for r in t[(t.set == "fewshot_seen") & (t.metric == "accuracy")].itertuples():
+        add("FGSD", f"centroid of {int(r.param)} exemplars", "seen, few-shot", "fewshot_seen", r.variant, r.param,
+            f"N={int(r.param)}")
+    for r in t[(t.set == "d2c_fewshot_seen") & (t.metric == "acceptance_rate")].itertuples():
+        add("D2C", f"latent classifier from {int(r.param)} exemplars", "seen, few-shot", "d2c_fewshot_seen", r.variant,
+            r.param, f"N={int(r.param)}")
     if rows and any(r["method"] == "ADM-G" for r in rows):
         rows.append(dict(method="ADM-G", conditioning="class label", classes="unseen", sampler="n/a",
                          knob="n/a: the guide knows only its training classes", n_samples=0))

@@ -124,11 +124,18 @@ SAMPLE_SETS = {  # in the order their metrics appear in samples.csv
                              ("fewshot_n", "fewshot_per_n", "d2c_steps", "d2c_cap", "d2c_unlabelled", "ddim_eta",
                               "ddim_spacing", "d2c.probe_l2", "d2c.protocol"),
                              Evaluation(by=("param",), real="own"), inputs={"autoencoder": D2C_AUTOENCODER}),
+    "fewshot_seen": SampleSet("set_fewshot_seen", 10, "conditional", ("fewshot_n", "fewshot_per_n",
+                                                                      "fewshot_seen_classes"),
+                              Evaluation(by=("param",), real="own")),
+    "d2c_fewshot_seen": SampleSet("set_d2c_fewshot_seen", 11, "d2c_prior",
+                                  ("fewshot_n", "fewshot_per_n", "fewshot_seen_classes", "d2c_steps", "d2c_cap",
+                                   "d2c_unlabelled", "ddim_eta", "ddim_spacing", "d2c.probe_l2", "d2c.protocol"),
+                                  Evaluation(by=("param",), real="own"), inputs={"autoencoder": D2C_AUTOENCODER}),
 }
 REFERENCE = "real"  # the evaluation group of real training crops: the floor sample metrics are read against
 EVAL_GROUPS = (REFERENCE, *SAMPLE_SETS)
 HEADLINE_GROUPS = (REFERENCE, "conditional", "mixture", "fewshot", "inversion", "nfe", "guidance", "d2c",
-                   "d2c_fewshot")  # what summary.json quotes
+                   "d2c_fewshot", "fewshot_seen", "d2c_fewshot_seen")  # what summary.json quotes
 
 
 def set_metrics(*groups: str) -> dict[str, str]:
@@ -236,13 +243,15 @@ FIGURES = {
     "fig11_fewshot_baselines": Figure(
         "sample_figures", {"fewshot": SAMPLES.format(sample_set="fewshot"),
                            "d2c_fewshot": SAMPLES.format(sample_set="d2c_fewshot"),
-                           "metrics": [SET_METRICS.format(group=g) for g in ("fewshot", "d2c_fewshot")]}, data=True,
+                           "metrics": [SET_METRICS.format(group=g) for g in ("fewshot", "d2c_fewshot", "fewshot_seen",
+                                                                             "d2c_fewshot_seen")]}, data=True,
         caption="**Fig 11: few-shot classes, feature guidance vs D2C.** For the held-out classes, from the same N "
         "exemplars (``sampling.fewshot_n``): FGSD's centroid of the N exemplars vs D2C's rejection sampling "
         "(prior draws of its contrastive autoencoder's latents, accepted with the probability a latent "
         "classifier gives, N exemplars against unlabelled training latents; at most ``sampling.d2c_cap`` "
         "proposals per wanted sample). Left: judge accuracy (the independent classifier) per N, with sample "
-        "counts. Middle: D2C's acceptance rate per N (pooled over classes). Right: KID against held-out crops "
+        "counts; light lines: the same for seen classes (``sampling.fewshot_seen_classes``), which both models "
+        "were trained on. Middle: D2C's acceptance rate per N (pooled over classes). Right: KID against held-out crops "
         "of the same classes. Bottom: real crops of each held-out class, then FGSD and D2C samples per N (an "
         "empty row: nothing accepted)."),
 }
