@@ -115,10 +115,6 @@ def views(x: torch.Tensor, g: torch.Generator, min_scale: float, jitter: float) 
     return out.clamp(0, 1)
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return -10 * torch.log10((x - y).pow(2).flatten(1).mean(1).clamp_min(1e-12))
-
-
 def rejection_sample(accept_prob: torch.Tensor, n_wanted: int, g: torch.Generator) -> tuple[torch.Tensor, int]:
     """Rejection sampling over a sequence of i.i.d. prior proposals with acceptance
     probabilities `accept_prob` (the cap is its length): proposal i is kept when u_i < p_i, in
@@ -319,7 +315,7 @@ def decode(net: Autoencoder, z: torch.Tensor, device, batch: int = 256) -> torch
 def reconstruct_psnr(net: Autoencoder, x: torch.Tensor, device) -> torch.Tensor:
     was = net.training
     net.eval()
-    out = psnr(decode(net, encode(net, x, device), device).clamp(0, 1), x)
+    out = image_psnr(decode(net, encode(net, x, device), device).clamp(0, 1), x)
     net.train(was)
     return out
 
