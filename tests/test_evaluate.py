@@ -4,6 +4,7 @@ the classifier learning easy synthetic textures."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fgsd import checkpoints, classifier, data, evaluate
 from fgsd.errors import FgsdError
@@ -69,6 +70,49 @@ def test_classifier_learns_the_synthetic_textures(tiny_cfg, tmp_path):
     again = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "clf2" / "model.pt",
                                         tmp_path / "clf2" / "metrics.json", "cpu")
     assert again == metrics, "same seed, same classifier"
+
+
+def test_phase_randomised_keeps_mean_and_power_spectrum_but_not_the_image():
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.05 * torch.randn(6, 1, 16, 16, generator=g)  # inside [0, 1]: the clip does nothing
+    y = classifier.phase_randomised(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(y.mean((-2, -1)), x.mean((-2, -1)))
+    torch.testing.assert_close(torch.fft.fft2(y).abs(), torch.fft.fft2(x).abs(), atol=1e-4, rtol=1e-4)
+    corr = ((x - x.mean()) * (y - y.mean())).mean() / (x.std() * y.std())
+    assert abs(corr) < 0.2, "phases scrambled: the image itself is gone"
+    assert torch.equal(y, classifier.phase_randomised(x, torch.Generator().manual_seed(1)))
+
+
+def write_structured_textures(folder, size=96, seed=0):
+    """Two classes whose structure is not second-order: sparse bright squares, and sharp-edged bars
+    of random widths. Phase-randomised, both become Gaussian noise with the same spectrum."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    dots = np.full((size, size), 0.2)
+    for r, c in rng.integers(0, size - 3, (60, 2)):
+        dots[r:r + 3, c:c + 3] = 0.9
+    bars = np.repeat(np.cumsum(rng.integers(2, 6, size)) % 2 == 0, 1)[None, :size].repeat(size, 0) * 0.6 + 0.2
+    for name, img in (("dots", dots), ("bars", bars)):
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    return folder
+
+
+def test_judge_rejects_phase_randomised_crops_of_structured_textures(tiny_cfg, tmp_path):
+    tiny_cfg["data"].update(folder=str(write_structured_textures(tmp_path / "tex")), n_unseen=0,
+                            train_per_class=64, test_per_class=16)
+    data.prepare(tiny_cfg, tmp_path / "data")
+    tiny_cfg["evaluate"].update(classifier_steps=200, classifier_batch=32, classifier_lr=0.005, classifier_width=16,
+                                feature_dim=16, phase_negatives=0.25)
+    m = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "c" / "model.pt",
+                                    tmp_path / "c" / "metrics.json", "cpu")
+    assert m["phase_randomised_rejected"] > 0.8 and m["real_judged_synthetic"] < 0.2, m
+    assert m["test_accuracy"] > 0.8, m
+    tiny_cfg["evaluate"]["phase_negatives"] = 0  # the old judge: no such class, nothing rejected
+    m0 = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "c0" / "model.pt",
+                                     tmp_path / "c0" / "metrics.json", "cpu")
+    assert "phase_randomised_rejected" not in m0
+    model, classes = classifier.load_classifier(tmp_path / "c0" / "model.pt")
+    assert model.head.out_features == len(classes) == 2
 
 
 def test_missing_inception_weights_name_the_key(tiny_cfg, tmp_path, weights):

@@ -21,7 +21,6 @@ import copy
 import logging
 import math
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import checkpoints, config, files, network, stages
+from . import checkpoints, files, network, stages
 from .data import load_split
 from .denoisers import denoising_loss
 from .errors import FgsdError
@@ -192,30 +191,6 @@ def training_crops(data, protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-class Resumable:
-    """Save and restore a training loop's state (modules, optimiser, rows, extras) under a
-    fingerprint of its params and data, as the denoisers' loop does."""
-
-    def __init__(self, path, fingerprint: str, log):
-        self.path, self.fingerprint, self.log = Path(path), fingerprint, log
-
-    def load(self, device) -> dict | None:
-        if not self.path.is_file():
-            return None
-        saved = files.load_torch(self.path, device)
-        if saved.get("fingerprint") != self.fingerprint:
-            self.log.info("ignoring %s: it was saved with other params or data", self.path)
-            return None
-        self.log.info("resuming %s from step %d (%s)", self.path.stem, saved["step"], self.path)
-        return saved
-
-    def save(self, **state) -> None:
-        files.save_torch(self.path, dict(state, fingerprint=self.fingerprint))
-
-    def done(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device="auto",
                       interrupt_after: int | None = None) -> dict:
     """Stage 1: reconstruction + MoCo-v2 InfoNCE on the flattened latents; held-out
@@ -238,10 +213,7 @@ def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device=
     key_enc, key_head = copy.deepcopy(net.encoder).requires_grad_(False), copy.deepcopy(head).requires_grad_(False)
     queue = F.normalize(torch.randn(a["queue"], a["proj_dim"], generator=generator(seed, 51)), dim=1).to(dev)
     opt = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=a["ae_lr"], weight_decay=a["ae_weight_decay"])
-    manifest = files.load_json(Path(data) / stages.MANIFEST)
-    keeper = Resumable(Path(state) / "d2c_autoencoder.pt",
-                       config.digest({"params": config.select(cfg, stages.stage_keys("d2c_autoencoder")),
-                                      "data": manifest["sha256"]}), log)
+    keeper = checkpoints.Resumable(state, "d2c_autoencoder", cfg, stages.stage_keys("d2c_autoencoder"), data)
     step, rows, sums = 0, [], [0.0, 0.0, 0]
     saved = keeper.load(dev)
     if saved:
@@ -267,7 +239,7 @@ def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device=
             k = key_head(key_enc(xk - 0.5))
         nce = info_nce(head(zq), k, queue, a["temperature"])
         loss = a["rec_weight"] * rec + a["nce_weight"] * nce
-        require_finite(loss, "the D2C autoencoder", step + 1, a["ae_lr"], "d2c.ae_lr", "no model was written")
+        require_finite(loss, "the D2C autoencoder", step + 1, a["ae_lr"], "d2c.ae_lr", keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -352,10 +324,8 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
     torch.manual_seed(seed)
     net = network.UNet(channels=ell.shape[1], widths=a["prior_widths"], output="gated").to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=a["prior_lr"])
-    manifest = files.load_json(Path(data) / stages.MANIFEST)
-    keeper = Resumable(Path(state) / "d2c_prior.pt", config.digest(
-        {"params": config.select(cfg, stages.stage_keys("d2c_prior")), "data": manifest["sha256"],
-         "autoencoder": files.sha256(autoencoder)}), log)
+    keeper = checkpoints.Resumable(state, "d2c_prior", cfg, stages.stage_keys("d2c_prior"), data,
+                                   autoencoder=files.sha256(autoencoder))
     step, rows, loss_sum, n = 0, [], 0.0, 0
     saved = keeper.load(dev)
     if saved:
@@ -372,7 +342,7 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
         for group in opt.param_groups:
             group["lr"] = lr
         loss = denoising_loss(net, ell[idx].to(dev), None, g, cfg["train"]["sigma_max"])
-        require_finite(loss, "the D2C prior", step + 1, lr, "d2c.prior_lr", "no model was written")
+        require_finite(loss, "the D2C prior", step + 1, lr, "d2c.prior_lr", keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

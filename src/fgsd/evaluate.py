@@ -108,7 +108,8 @@ class Evaluator:
     def __init__(self, cfg, data_dir, classifier_path, device):
         self.e, self.seed = cfg["evaluate"], cfg["seed"]
         self.device = resolve_device(device)
-        self.clf, _ = load_classifier(classifier_path, self.device)
+        self.clf, classes = load_classifier(classifier_path, self.device)
+        self.synthetic = len(classes)  # the judge's "phase-randomised" prediction (if it was trained with one)
         self.train_x, self.train_y, _ = labelled_crops(data_dir, "train")
         self.test_x, self.test_y, _ = labelled_crops(data_dir, "test")
         self.n_seen = len(np.unique(load_split(data_dir, "train")["labels"]))
@@ -131,7 +132,8 @@ class Evaluator:
 
     def group(self, set_name, variant, param, images: np.ndarray, labels: np.ndarray, real_classes,
               cost: dict | None = None, memorisation=True):
-        """Accuracy (when labelled), class coverage, the mean cost per sample (`samples.COST`
+        """Accuracy (when labelled; a sample the judge calls phase-randomised counts as wrong),
+        class coverage, the fraction judged phase-randomised, the mean cost per sample (`samples.COST`
         columns the set has), fidelity metrics and memorisation of one group."""
         x = to_float(images)
         real = self.real(real_classes)
@@ -139,7 +141,9 @@ class Evaluator:
         _, pred = predict(self.clf, x, self.device)
         if (labels >= 0).all():
             add("accuracy", (pred.numpy() == labels).mean(), n, 0)
-        add("classes_covered", len(np.unique(pred.numpy())), n, 0)
+        real_pred = pred[pred != self.synthetic].numpy()
+        add("classes_covered", len(np.unique(real_pred)), n, 0)
+        add("judged_synthetic", 1 - len(real_pred) / n, n, 0)
         for column, values in (cost or {}).items():
             add(column, np.mean(values), n, 0)
         if n < MIN_FIDELITY_SAMPLES:  # e.g. a rejection sampler's shortfall

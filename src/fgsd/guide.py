@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import checkpoints, config, files, stages
+from . import checkpoints, files, stages
 from .data import load_split
 from .denoisers import draw_sigma
 from .errors import FgsdError
@@ -216,19 +216,12 @@ def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str |
                 gcfg["head_channels"], gcfg["groups"], cfg["train"]["sigma_data"]).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=gcfg["lr"], weight_decay=gcfg["weight_decay"])
     held_out = NoisyAccuracy(to_float(test["images"]), torch.from_numpy(test["labels"]), seed, sigma_max, dev)
-    manifest = files.load_json(Path(data) / stages.MANIFEST)
-    fingerprint = config.digest({"params": config.select(cfg, stages.stage_keys("guide")),
-                                 "data": manifest["sha256"]})
-    state_path = Path(state) / "guide.pt"
+    keeper = checkpoints.Resumable(state, "guide", cfg, stages.stage_keys("guide"), data)
     step, rows, loss_sum, right, seen = 0, [], 0.0, 0.0, 0
-    if state_path.is_file():
-        saved = files.load_torch(state_path, dev)
-        if saved["fingerprint"] == fingerprint:
-            net.load_state_dict(saved["model"]), opt.load_state_dict(saved["optimizer"])
-            step, rows, loss_sum, right, seen = (saved[k] for k in ("step", "rows", "loss_sum", "right", "seen"))
-            log.info("resuming guide training from step %d (%s)", step, state_path)
-        else:
-            log.info("ignoring %s: it was saved with other params or data", state_path)
+    saved = keeper.load(dev)
+    if saved:
+        net.load_state_dict(saved["model"]), opt.load_state_dict(saved["optimizer"])
+        step, rows, loss_sum, right, seen = (saved[k] for k in ("step", "rows", "loss_sum", "right", "seen"))
     first, t0 = step, time.time()
     log.info("training the guide: %d params, %d crops of %d classes, %d steps of %d on %s",
              sum(p.numel() for p in net.parameters()), len(x), len(classes), steps, batch, dev)
@@ -243,8 +236,7 @@ def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str |
         logits = net(noisy.to(dev), sigma.to(dev))
         loss = F.cross_entropy(logits, y[idx].to(dev))
         lr = learning_rate(gcfg["lr"], step, steps)
-        require_finite(loss, "the guide", step + 1, lr, "guide.lr",
-                       f"the last good state is {state_path}" if state_path.is_file() else "no state was saved yet")
+        require_finite(loss, "the guide", step + 1, lr, "guide.lr", keeper.last_good())
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -263,9 +255,8 @@ def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str |
             log.info("step %d  loss %.3f  held-out noisy accuracy %.3f", step, rows[-1]["train_loss"],
                      rows[-1]["accuracy"])
         if step % gcfg["checkpoint_every"] == 0 and step < steps:
-            files.save_torch(state_path, dict(step=step, model=net.state_dict(), optimizer=opt.state_dict(),
-                                              rows=rows, loss_sum=loss_sum, right=right, seen=seen,
-                                              fingerprint=fingerprint))
+            keeper.save(step=step, model=net.state_dict(), optimizer=opt.state_dict(), rows=rows, loss_sum=loss_sum,
+                        right=right, seen=seen)
             if interrupt_after is not None and step >= interrupt_after:
                 raise InterruptedError(f"interrupted after step {step}")
     bar.close()
@@ -279,7 +270,7 @@ def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str |
     files.save_csv(train_log, pd.DataFrame(rows))
     files.save_json(metrics, dict(steps=steps, n_train=len(x), n_test=len(held_out.labels), n_classes=len(classes),
                                   classes=classes, final={k: v for k, v in final.items() if k != "lr"}))
-    state_path.unlink(missing_ok=True)
+    keeper.done()
     return final
 
 

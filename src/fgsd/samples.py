@@ -87,7 +87,7 @@ def metric(t: pd.DataFrame, set_name: str, name: str, variant=None, param=None, 
 EXTRACTOR = "fgsd-classifier"  # the in-domain feature extractor's name in torch-fidelity (evaluate.py)
 
 
-COMPARED = ("accuracy", "kid", "fid", "precision", "recall", *COST)
+COMPARED = ("accuracy", "judged_synthetic", "kid", "fid", "precision", "recall", *COST)
 
 
 def comparison(t: pd.DataFrame) -> pd.DataFrame:
@@ -151,9 +151,12 @@ def headline(t: pd.DataFrame) -> dict:
         variant = "train crops" if name == stages.REFERENCE else "c2f"
         out[name] = {m: pick(name, variant, m, extractor=EXTRACTOR) for m in ("kid", "fid", "precision", "recall")}
         out[name]["classes_covered"] = pick(name, variant, "classes_covered")
+        out[name]["judged_synthetic"] = pick(name, variant, "judged_synthetic")
         if name != stages.REFERENCE:
             out[name].update({m: pick(name, variant, m) for m in ("nn_rmse_median", "frac_closer_than_test_p05")})
     out["conditional"]["accuracy"] = pick("conditional", "c2f", "accuracy")
+    if ((t.set == "nfe") & (t.variant == "gaussian fit")).any():  # the no-network control the judge must reject
+        out["gaussian_fit_control"] = {m: pick("nfe", "gaussian fit", m) for m in ("accuracy", "judged_synthetic")}
     out["nn_rmse_median_test_crops"] = pick("conditional", "c2f", "nn_rmse_median_test_crops")
     few = t[(t.set == "fewshot") & (t.metric == "accuracy")]
     out["fewshot_accuracy_by_n_exemplars"] = {str(int(r.param)): dict(value=float(r.value), n_samples=int(r.n_samples))

@@ -140,21 +140,15 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     final_net = ema if ema is not None else net
     test_psnr = HeldOutPSNR(test_set, cfg["sigmas"], t["eval_crops_per_class"], seed, dev)
     tracked = config.select(cfg, stages.stage_keys("train", kind))
-    fingerprint = config.digest({"params": tracked, "kind": kind, "data": manifest["sha256"]})
-
-    state_path = Path(state) / f"{kind}.pt"
+    keeper = checkpoints.Resumable(state, kind, cfg, stages.stage_keys("train", kind), data, kind=kind)
     step, rows, loss_sum, loss_n = 0, [], 0.0, 0
-    if state_path.is_file():
-        saved = files.load_torch(state_path, dev)
-        if saved["fingerprint"] == fingerprint:
-            net.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(saved["ema"])
-            step, rows, loss_sum, loss_n = saved["step"], saved["rows"], saved["loss_sum"], saved["loss_n"]
-            log.info("resuming %s training from step %d (%s)", kind, step, state_path)
-        else:
-            log.info("ignoring %s: it was saved with other params or data", state_path)
+    saved = keeper.load(dev)
+    if saved:
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        step, rows, loss_sum, loss_n = saved["step"], saved["rows"], saved["loss_sum"], saved["loss_n"]
 
     log.info("training %s: %d params, %d crops, %d steps of %d on %s", kind, network.n_params(net),
              len(x), steps, batch, dev)
@@ -174,8 +168,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                               t["sigma_data"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
-        require_finite(loss, kind, step + 1, learning_rate(t, step, steps), "train.lr",
-                       f"the last good state is {state_path}" if state_path.is_file() else "no state was saved yet")
+        require_finite(loss, kind, step + 1, learning_rate(t, step, steps), "train.lr", keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -191,9 +184,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             loss_sum, loss_n = 0.0, 0
             log.info("step %d  loss %.4g  test PSNR %.2f dB", step, rows[-1]["train_loss"], rows[-1]["psnr_mean"])
         if step % t["checkpoint_every"] == 0 and step < steps:
-            files.save_torch(state_path, dict(step=step, model=net.state_dict(), optimizer=opt.state_dict(),
-                                              ema=ema.state_dict() if ema is not None else None,
-                                              rows=rows, loss_sum=loss_sum, loss_n=loss_n, fingerprint=fingerprint))
+            keeper.save(step=step, model=net.state_dict(), optimizer=opt.state_dict(),
+                        ema=ema.state_dict() if ema is not None else None, rows=rows, loss_sum=loss_sum, loss_n=loss_n)
             if interrupt_after is not None and step >= interrupt_after:
                 raise Interrupted(f"interrupted after step {step}")
     bar.close()
@@ -214,5 +206,5 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                                       steps_per_epoch=per_epoch))
     files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
                                   test_psnr=final, n_test=len(test_psnr.clean)))
-    state_path.unlink(missing_ok=True)
+    keeper.done()
     return final
