@@ -144,6 +144,19 @@ def test_autoencoder_training_resumes_to_the_same_weights(stages_run, caplog):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_d2c_seed_is_the_training_seed(stages_run):
+    """`d2c.seed` retrains the autoencoder with another seed; null means the pipeline's seed."""
+    cfg, tmp = stages_run
+    out, weights = tmp / "seeds", {}
+    for d2c_seed in (None, cfg["seed"], cfg["seed"] + 1):
+        c = {**cfg, "d2c": {**cfg["d2c"], "ae_steps": 20, "eval_every": 20, "seed": d2c_seed}}
+        d2c.train_autoencoder(c, tmp / "data", out / f"{d2c_seed}.pt", out / "l.csv", out / "m.json", out / "s", "cpu")
+        weights[d2c_seed] = torch.load(out / f"{d2c_seed}.pt", weights_only=False)["state_dict"]
+    same, other = weights[cfg["seed"]], weights[cfg["seed"] + 1]
+    assert all(torch.equal(weights[None][k], same[k]) for k in same)
+    assert not all(torch.equal(other[k], same[k]) for k in same)
+
+
 def test_d2c_sets_use_the_fgsd_exemplars_and_count_their_proposals(stages_run, monkeypatch):
     cfg, tmp = stages_run
     chosen = []

@@ -191,6 +191,13 @@ def training_crops(data, protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def model_seed(cfg: dict) -> int:
+    """The seed D2C's two trainings draw from: `d2c.seed`, or the pipeline's `seed` when null. A
+    separate key, so the baseline's seed spread is measured without retraining anything else (the
+    exemplars, proposals and held-out noise keep the pipeline's seed)."""
+    return cfg["seed"] if cfg["d2c"]["seed"] is None else cfg["d2c"]["seed"]
+
+
 def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device="auto",
                       interrupt_after: int | None = None) -> dict:
     """Stage 1: reconstruction + MoCo-v2 InfoNCE on the flattened latents; held-out
@@ -198,7 +205,7 @@ def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device=
     pixels (D2C's representation claim) in the metrics."""
 
 
-    a, seed = cfg["d2c"], cfg["seed"]
+    a, seed = cfg["d2c"], model_seed(cfg)
     if a["nce_weight"] <= 0:
         raise FgsdError("parameter 'd2c.nce_weight' must be > 0: without it this is not D2C (the released code "
                         "multiplied the contrastive term by 0.0 until a late fix)")
@@ -313,14 +320,14 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
     on the latent images 0.5 + 0.2 z_std with the denoisers' loss and sigma law."""
 
 
-    a, seed = cfg["d2c"], cfg["seed"]
+    a, seed = cfg["d2c"], model_seed(cfg)
     dev = resolve_device(device)
     ae = load_autoencoder(autoencoder, dev)
     x, _ = training_crops(data, a["protocol"])
     z = encode(ae, torch.cat([x, x.flip(-1)]), dev)
     mean, std = latent_stats(z)
     ell = to_latent_image(z, mean, std)
-    held = ell[torch.randperm(len(ell), generator=generator(seed, 53))[:256]]
+    held = ell[torch.randperm(len(ell), generator=generator(cfg["seed"], 53))[:256]]  # the same for every d2c.seed
     torch.manual_seed(seed)
     net = network.UNet(channels=ell.shape[1], widths=a["prior_widths"], output="gated").to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=a["prior_lr"])
@@ -349,7 +356,7 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
         step, loss_sum, n = step + 1, loss_sum + loss.item(), n + 1
         bar.update(1)
         if step % a["eval_every"] == 0 or step == steps:
-            rows.append(dict(step=step, lr=lr, train_loss=loss_sum / n, **held_out_psnr(net, held, dev, seed)))
+            rows.append(dict(step=step, lr=lr, train_loss=loss_sum / n, **held_out_psnr(net, held, dev, cfg["seed"])))
             loss_sum, n = 0.0, 0
             log.info("step %d  loss %.4g  held-out latent PSNR at sigma 0.1/0.5: %.2f / %.2f dB", step,
                      rows[-1]["train_loss"], rows[-1]["psnr@0.1"], rows[-1]["psnr@0.5"])
