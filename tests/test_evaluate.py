@@ -107,7 +107,7 @@ def test_judge_rejects_phase_randomised_crops_of_structured_textures(tiny_cfg, t
                                     tmp_path / "c" / "metrics.json", "cpu")
     assert m["phase_randomised_rejected"] > 0.8 and m["real_judged_synthetic"] < 0.2, m
     assert m["test_accuracy"] > 0.8, m
-    tiny_cfg["evaluate"]["phase_negatives"] = 0  # the old judge: no such class, nothing rejected
+    tiny_cfg["evaluate"].update(phase_negatives=0, classifier_steps=2)  # the old judge: no such class
     m0 = classifier.train_classifier(tiny_cfg, tmp_path / "data", tmp_path / "c0" / "model.pt",
                                      tmp_path / "c0" / "metrics.json", "cpu")
     assert "phase_randomised_rejected" not in m0
