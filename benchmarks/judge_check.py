@@ -27,13 +27,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from fgsd import classifier, config, data, sources  # noqa: E402
+from fgsd.runtime import to_float  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 
 
-def windows(region: np.ndarray, n: int, size: int, rng) -> torch.Tensor:
-    rows, cols = rng.integers(0, region.shape[0] - size + 1, n), rng.integers(0, region.shape[1] - size + 1, n)
-    return torch.from_numpy(np.stack([region[r:r + size, c:c + size] for r, c in zip(rows, cols)])[:, None]) / 255
+def windows(img: np.ndarray, n: int, size: int, rng, name: str) -> torch.Tensor:
+    """n random size x size windows of a grey image, in [0, 1] (the data stage's own cropping)."""
+    return to_float(data._random_crops(img, n, size, rng, f"the source image of '{name}'"))
 
 
 def main() -> None:
@@ -53,8 +54,8 @@ def main() -> None:
     rows = []
     for name in classes:
         img = data._rescale(raw[name].texture, d["scale"])
-        real = windows(img, args.per_class, size, rng)
-        big = classifier.phase_randomised(windows(img, args.per_class, 2 * size, rng), g)
+        real = windows(img, args.per_class, size, rng, name)
+        big = classifier.phase_randomised(windows(img, args.per_class, 2 * size, rng, name), g)
         lo = size // 2
         kinds = dict(real=real, periodic=classifier.phase_randomised(real, g),
                      non_periodic=big[..., lo:lo + size, lo:lo + size])
