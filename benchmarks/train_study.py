@@ -28,18 +28,7 @@ from fgsd.runtime import generator, to_float  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 SIGMAS = (0.00392, 0.0135, 0.0464, 0.16, 0.296, 0.55, 1.0, 2.0, 3.0)
-RECIPES = {  # name -> overrides of the train / model sections
-    "paper (step decay)": {},
-    "cosine": {"train": {"lr_schedule": "cosine"}},
-    "cosine + ema": {"train": {"lr_schedule": "cosine", "ema": 0.995}},
-    "cosine + edm weight": {"train": {"lr_schedule": "cosine", "loss_weight": "edm"}},
-    "cosine + sigma_max 3": {"train": {"lr_schedule": "cosine", "sigma_max": 3.0}},
-    "cosine + clean output": {"train": {"lr_schedule": "cosine"}, "model": {"output": "clean"}},
-    "cosine + gated output": {"train": {"lr_schedule": "cosine"}, "model": {"output": "gated"}},
-    "cosine + gated + bias-free": {"train": {"lr_schedule": "cosine"}, "model": {"output": "gated", "bias": False,
-                                                                                 "upsample_bias": False}},
-    "cosine + bias-free": {"train": {"lr_schedule": "cosine"}, "model": {"bias": False, "upsample_bias": False}},
-}
+STEPS_BATCH = 64  # --steps counts steps of this batch; a recipe with another batch sees the same crops
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -47,6 +36,39 @@ def merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) else v
     return out
+
+
+def recipe(output: str = "residual", schedule: str = "cosine", law: str = "square", batch: int = 64, **train) -> dict:
+    """Overrides of params.yaml's model / train sections. Every recipe names its output, schedule,
+    noise law and batch, so a row keeps its meaning when the defaults move."""
+    return {"model": {"output": output}, "train": {"lr_schedule": schedule, "sigma_law": law, "batch_size": batch,
+                                                   **train}}
+
+
+BIAS_FREE = {"model": {"bias": False, "upsample_bias": False}}
+RECIPES = {  # name -> overrides; the same crops are seen under every batch size (steps scale with 1 / batch)
+    "paper (step decay)": recipe(schedule="step"),
+    "cosine": recipe(),
+    "cosine + ema": recipe(ema=0.995),
+    "cosine + edm weight": recipe(loss_weight="edm"),
+    "cosine + sigma_max 3": recipe(sigma_max=3.0),
+    "cosine + clean output": recipe("clean"),
+    "cosine + gated output": recipe("gated"),
+    "cosine + gated + bias-free": merge(recipe("gated"), BIAS_FREE),
+    "cosine + bias-free": merge(recipe(), BIAS_FREE),
+    "gated + log-uniform": recipe("gated", law="log_uniform"),
+    "gated + log-uniform + lr 2e-3": recipe("gated", law="log_uniform", lr=0.002),
+    "gated + log-uniform + sigma_max 3": recipe("gated", law="log_uniform", sigma_max=3.0),
+    "gated + log-uniform + edm weight": recipe("gated", law="log_uniform", loss_weight="edm"),
+    "gated + log-uniform + edm weight + sigma_max 3": recipe("gated", law="log_uniform", loss_weight="edm",
+                                                             sigma_max=3.0),
+    "gated + log-uniform + batch 32": recipe("gated", law="log_uniform", batch=32),  # the default
+    "gated-mean + log-uniform": recipe("gated_mean", law="log_uniform"),
+    "gated-mean + log-uniform + batch 32": recipe("gated_mean", law="log_uniform", batch=32),
+    "gated-mean + log-uniform + batch 16": recipe("gated_mean", law="log_uniform", batch=16),
+    "gated-mean + log-uniform + batch 32 + sigma_max 3": recipe("gated_mean", law="log_uniform", batch=32,
+                                                                sigma_max=3.0),
+}
 
 
 @torch.no_grad()
@@ -62,14 +84,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="results/data/pip-textures", help="a data stage's output directory")
     ap.add_argument("--params", nargs="*", default=[], help="preset overlays on params.yaml")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1500, help=f"training steps at batch {STEPS_BATCH}")
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="a subset of the recipes")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     base = config.load([ROOT / "params.yaml", *a.params])
     base["device"] = "cpu"
-    base["train"].update(eval_every=a.steps, checkpoint_every=10 * a.steps)
     tr, te = load_split(a.data, "train"), load_split(a.data, "test")
     x, xl = to_float(tr["images"]), torch.from_numpy(tr["labels"])
     xt, lt = to_float(te["images"]), torch.from_numpy(te["labels"])
@@ -81,7 +102,9 @@ def main() -> None:
         rows += [dict(recipe=name, steps=0, seconds=0.0, sigma=s, psnr=p) for s, p in test_psnr(den, xt, lt, 0).items()]
     for name in a.recipes:
         cfg = merge(base, RECIPES[name])
-        cfg["train"]["mixture"]["steps"] = a.steps
+        steps = a.steps * STEPS_BATCH // cfg["train"]["batch_size"]
+        cfg["train"].update(eval_every=steps, checkpoint_every=10 * steps)
+        cfg["train"]["mixture"]["steps"] = steps
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             t0 = time.perf_counter()
@@ -90,7 +113,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             net, _ = checkpoints.load(out / "model.pt", network.UNet, ("mixture",))
         psnr = test_psnr(lambda y, s, r: net(y), xt, lt, 0)
-        rows += [dict(recipe=name, steps=a.steps, seconds=seconds, sigma=s, psnr=p) for s, p in psnr.items()]
+        rows += [dict(recipe=name, steps=steps, seconds=seconds, sigma=s, psnr=p) for s, p in psnr.items()]
         print(f"{name:28s} {seconds:6.0f} s  " + "  ".join(f"{s:g}:{p:5.2f}" for s, p in psnr.items()), flush=True)
     frame = pd.DataFrame(rows)
     frame["input_psnr"] = [float(network.psnr(xt + s * torch.randn(xt.shape, generator=generator(0, 90, SIGMAS.index(s))),

@@ -111,3 +111,22 @@ def test_gated_output_blends_the_input_and_the_clean_estimate():
         torch.testing.assert_close(net(y), 0.5 * y + 0.15)
     with pytest.raises(ValueError, match="unknown output"):
         UNet(output="noise")
+
+
+def test_gated_mean_output_starts_its_estimate_at_the_noisy_crops_mean():
+    """gated_mean: a is relative to each crop's (per-channel) mean, so a zero estimate behind a
+    closed gate is the trivial denoiser, and an open gate still returns the input."""
+    from fgsd import references
+    net = UNet(widths=(8, 16, 16, 32), channels=3, output="gated_mean")
+    y = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        net.final.weight.zero_()
+        net.final.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -20.0, -20.0, -20.0]))  # a = 0, gate closed
+        torch.testing.assert_close(net(y), y.mean(dim=(2, 3), keepdim=True).expand_as(y), atol=1e-6, rtol=0)
+        grey = y[:, :1]
+        one = UNet(widths=(8, 16, 16, 32), output="gated_mean")
+        one.final.weight.zero_()
+        one.final.bias.copy_(torch.tensor([0.0, -20.0]))
+        torch.testing.assert_close(one(grey), references.trivial()(grey, None, None), atol=1e-6, rtol=0)
+        net.final.bias.copy_(torch.tensor([0.1, 0.1, 0.1, 20.0, 20.0, 20.0]))  # gate open
+        torch.testing.assert_close(net(y), y, atol=1e-6, rtol=0)

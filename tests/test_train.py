@@ -194,6 +194,12 @@ def test_loss_weights_and_sigma_law():
     a, b = denoisers.draw_sigma(1000, generator(0)), denoisers.draw_sigma(1000, generator(0), 3.0)
     torch.testing.assert_close(b, 3 * a)
     assert a.max() <= 1 and float((a < 0.01).float().mean()) == pytest.approx(0.1, abs=0.03)  # P(u < 0.1)
+    c = denoisers.draw_sigma(4000, generator(0), 1.0, "log_uniform", 0.001)  # log10 sigma ~ U(-3, 0)
+    assert 0.001 <= c.min() and c.max() <= 1
+    for below, p in ((0.01, 1 / 3), (0.1, 2 / 3)):  # each decade holds a third of the draws
+        assert float((c < below).float().mean()) == pytest.approx(p, abs=0.03)
+    with pytest.raises(ValueError, match="sigma_law"):
+        denoisers.draw_sigma(4, generator(0), 1.0, "uniform")
 
 
 def test_training_with_ema_resumes_to_the_same_weights(prepared, monkeypatch):

@@ -25,10 +25,20 @@ class Denoiser(Protocol):
 
 
 # --- training objective (METHOD.md §2.4, §5) ------------------------------------------------------
-def draw_sigma(n: int, g: torch.Generator, sigma_max: float = 1.0) -> torch.Tensor:
-    """sigma = sigma_max u^2, u ~ U(0, 1): the authors' training noise law (sigma_max = 1; more
-    weight at low noise)."""
-    return sigma_max * torch.rand(n, generator=g) ** 2
+SIGMA_LAWS = ("square", "log_uniform")
+
+
+def draw_sigma(n: int, g: torch.Generator, sigma_max: float = 1.0, law: str = "square",
+               sigma_min: float = 0.0) -> torch.Tensor:
+    """square: sigma = sigma_max u^2, u ~ U(0, 1), the authors' training noise law (more weight at
+    low noise). log_uniform: log sigma uniform on [sigma_min, sigma_max], every octave drawn
+    equally often (with the edm weight, every octave counts equally in the loss)."""
+    u = torch.rand(n, generator=g)
+    if law == "square":
+        return sigma_max * u ** 2
+    if law == "log_uniform":
+        return sigma_min * (sigma_max / sigma_min) ** u
+    raise ValueError(f"train.sigma_law must be one of {SIGMA_LAWS}, not {law!r}")
 
 
 def loss_weight(sigma: torch.Tensor, kind: str, sigma_data: float) -> torch.Tensor | float:
@@ -41,10 +51,11 @@ def loss_weight(sigma: torch.Tensor, kind: str, sigma_data: float) -> torch.Tens
 
 
 def denoising_loss(model, clean: torch.Tensor, cond, g: torch.Generator, sigma_max: float = 1.0,
-                   weight: str = "none", sigma_data: float = 0.25) -> torch.Tensor:
+                   weight: str = "none", sigma_data: float = 0.25, law: str = "square",
+                   sigma_min: float = 0.0) -> torch.Tensor:
     """L = E w(sigma) ||f(x + sigma z, phi(x')) - x||^2, summed over pixels, averaged over the
     batch. sigma and z come from `g` (drawn on the CPU: the same numbers on every device)."""
-    sigma = draw_sigma(len(clean), g, sigma_max)
+    sigma = draw_sigma(len(clean), g, sigma_max, law, sigma_min)
     noise = torch.randn(clean.shape, generator=g)
     noisy = clean + sigma.view(-1, 1, 1, 1).to(clean.device) * noise.to(clean.device)
     err = (model(noisy, cond) - clean).pow(2).flatten(1).sum(1)

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 BLOCKS = ("enc1", "enc2", "enc3", "mid", "dec3", "dec2", "dec1")  # every block with an output
-OUTPUTS = ("residual", "clean", "gated")  # what the last conv predicts: the noise, the clean image, or
-# a clean estimate a and a per-pixel gate g with x^ = g y + (1 - g) a (a learned skip: residual-like at
-# low noise, clean-image-like at high noise, still a function of y alone)
+OUTPUTS = ("residual", "clean", "gated", "gated_mean")  # what the last conv predicts: the noise, the clean
+# image, or a clean estimate a and a per-pixel gate g with x^ = g y + (1 - g) a (a learned skip:
+# residual-like at low noise, clean-image-like at high noise, still a function of y alone);
+# gated_mean: the same with a relative to the noisy crop's mean (a = 0, g = 0 is the trivial denoiser)
 TAPS = BLOCKS[:6]  # phi layers; dec1 (last decoder block) feeds the output conv and is excluded
 
 
@@ -68,7 +69,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([nn.ConvTranspose2d(k[b + 1], k[b], 2, stride=2, bias=upsample_bias and b > 0)
                                  for b in range(3)])
         self.dec = nn.ModuleList([conv_stack(2 * k[b], k[b], dec_convs[b] - (b == 0), bias) for b in range(3)])
-        self.final = nn.Conv2d(k[0], channels * (2 if output == "gated" else 1), 3, padding=1, bias=bias)
+        self.final = nn.Conv2d(k[0], channels * (2 if output.startswith("gated") else 1), 3, padding=1, bias=bias)
         self.widths = dict(zip(BLOCKS, [k[0], k[1], k[2], k[3], k[2], k[1], k[0]]))
         unknown = set(match) - set(BLOCKS)
         if unknown:
@@ -118,6 +119,8 @@ class UNet(nn.Module):
             return out
         estimate, gate = out.chunk(2, dim=1)  # gated: x^ = g y + (1 - g) a, g = sigmoid(gate) per pixel
         g = torch.sigmoid(gate)
+        if self.output == "gated_mean":
+            estimate = estimate + x.mean(dim=(2, 3), keepdim=True)
         return g * x + (1 - g) * estimate
 
     def block_means(self, x, upto: str | None = None) -> dict[str, torch.Tensor]:

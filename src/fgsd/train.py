@@ -165,7 +165,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         cond = x[partner[idx]].to(dev) if kind == "conditional" else None
         loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step), t["sigma_max"], t["loss_weight"],
-                              t["sigma_data"])
+                              t["sigma_data"], t["sigma_law"], t["sigma_min"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
         require_finite(loss, kind, step + 1, learning_rate(t, step, steps), "train.lr", keeper.last_good())
