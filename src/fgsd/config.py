@@ -178,6 +178,10 @@ def check(cfg: dict, paths: list, raw: list[dict]) -> None:
     need(s["sigma_final"] < s["sigma0"], "sampling.sigma_final", "must be below sampling.sigma0", "sampling.sigma0")
     need(a["kl_sigma_min"] < a["kl_sigma_max"], "analysis.kl_sigma_min", "must be below analysis.kl_sigma_max",
          "analysis.kl_sigma_max")
+    t = cfg["train"]
+    need(t["sigma_law"] != "log_uniform" or t["sigma_min"] < t["sigma_max"], "train.sigma_min",
+         "must be below train.sigma_max (train.sigma_law: log_uniform draws between them)", "train.sigma_max",
+         "train.sigma_law")
     g = cfg["guide"]
     need(all(g["width"] * m % g["groups"] == 0 for m in g["channel_mult"]), "guide.groups",
          "must divide the width of every guide level (guide.width x guide.channel_mult)", "guide.width")
