@@ -164,8 +164,9 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             order, partner = epoch_plan(generator(seed, 1, epoch), labels)
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         cond = x[partner[idx]].to(dev) if kind == "conditional" else None
-        loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step), t["sigma_max"], t["loss_weight"],
-                              t["sigma_data"], t["sigma_law"], t["sigma_min"])
+        loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step), sigma_max=t["sigma_max"],
+                              weight=t["loss_weight"], sigma_data=t["sigma_data"], law=t["sigma_law"],
+                              sigma_min=t["sigma_min"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
         require_finite(loss, kind, step + 1, learning_rate(t, step, steps), "train.lr", keeper.last_good())
