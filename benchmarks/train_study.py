@@ -62,7 +62,10 @@ RECIPES = {  # name -> overrides; the same crops are seen under every batch size
     "gated + log-uniform + edm weight": recipe("gated", law="log_uniform", loss_weight="edm"),
     "gated + log-uniform + edm weight + sigma_max 3": recipe("gated", law="log_uniform", loss_weight="edm",
                                                              sigma_max=3.0),
-    "gated + log-uniform + batch 32": recipe("gated", law="log_uniform", batch=32),  # config/log_uniform.yaml
+    "gated + log-uniform + batch 32": recipe("gated", law="log_uniform", batch=32),  # + config/log_uniform.yaml
+    "gated + mixed 0.5": recipe("gated", law="mixed", square_share=0.5),
+    "gated + mixed 0.5 + batch 32": recipe("gated", law="mixed", square_share=0.5, batch=32),  # the default
+    "gated + mixed 0.25 + batch 32": recipe("gated", law="mixed", square_share=0.25, batch=32),
     "gated-mean + log-uniform": recipe("gated_mean", law="log_uniform"),
     "gated-mean + log-uniform + batch 32": recipe("gated_mean", law="log_uniform", batch=32),
     "gated-mean + log-uniform + batch 16": recipe("gated_mean", law="log_uniform", batch=16),

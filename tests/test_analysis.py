@@ -116,3 +116,32 @@ def test_seed_spread_is_mean_and_std_over_seeds():
     assert summary.per_class_gain(sw, 1.0) == {"c0": 0.5, "c1": -1.0}
     curves = summary.curves_by_seed({0: _fake_sweep(0.5), 4: _fake_sweep(1.0)})
     assert sorted(curves.seed.unique()) == [0, 4] and len(curves) == 2 * len(summary.psnr_gain(_fake_sweep(0)))
+
+
+def _fake_set_metrics(accuracy: float, kid: float) -> pd.DataFrame:
+    """The rows an evaluation writes for the conditional and mixture sets (c2f), and a decoy:
+    the same metric under another extractor, which the spread must not read."""
+    rows = []
+    for set_name, acc in (("conditional", accuracy), ("mixture", None)):
+        if acc is not None:
+            rows.append(dict(set=set_name, variant="c2f", param=0, metric="accuracy", value=acc, n_samples=8,
+                             n_real=0, extractor=None))
+        rows.append(dict(set=set_name, variant="c2f", param=0, metric="kid", value=99.0, n_samples=8, n_real=16,
+                         extractor="inception"))
+        for m, v in (("kid", kid), ("fid", 10 * kid), ("precision", 0.5), ("recall", 0.25)):
+            rows.append(dict(set=set_name, variant="c2f", param=0, metric=m, value=v, n_samples=8, n_real=16,
+                             extractor="fgsd-classifier"))
+        rows.append(dict(set=set_name, variant="c2f", param=0, metric="judged_synthetic", value=0.5, n_samples=8,
+                         n_real=0, extractor=None))
+    return pd.DataFrame(rows)
+
+
+def test_sample_seed_spread_reads_each_seeds_own_metrics():
+    spread = summary.sample_seed_spread({0: _fake_set_metrics(0.25, 1.0), 3: _fake_set_metrics(0.5, 2.0)})
+    assert spread["seeds"] == [0, 3] and spread["n_seeds"] == 2
+    acc = spread["conditional"]["accuracy"]
+    assert acc["values"] == [0.25, 0.5] and acc["mean"] == pytest.approx(0.375) and acc["n_samples"] == 8
+    assert acc["std"] == pytest.approx(np.std([0.25, 0.5], ddof=1))
+    assert spread["mixture"]["kid"]["values"] == [1.0, 2.0], "the in-domain extractor's KID, not another's"
+    assert "accuracy" not in spread["mixture"]
+    assert summary.sample_seed_spread({0: _fake_set_metrics(0.25, 1.0)})["conditional"]["kid"]["std"] is None

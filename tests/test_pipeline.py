@@ -103,9 +103,12 @@ def test_smoke_chain_produces_every_output(smoke_run):
                                                       "ddim 5 mixture start", "ddim 10 mixture start"}
     assert {r["method"] for r in summary["method_comparison"]} == {"mixture model", "ADM-G", "FGSD", "D2C (strict)"}
     assert 0 <= summary["guide"]["accuracy"] <= 1 and (repo / "results/benchmarks/seconds_guidance.csv").is_file()
-    seeds = summary["seeds"]  # the smoke preset trains the same replicate seeds as the default
-    assert seeds["seeds"] == [0, 1, 2] and len(seeds["conditional_minus_mixture_db"]["1"]["values"]) == 3
-    assert (repo / "results/replicates/seed2/models/conditional/model.pt").is_file()
+    seeds = summary["seeds"]  # the smoke preset trains one replicate seed
+    assert seeds["seeds"] == [0, 1] and len(seeds["conditional_minus_mixture_db"]["1"]["values"]) == 2
+    assert (repo / "results/replicates/seed1/models/conditional/model.pt").is_file()
+    spread = summary["sample_quality_seeds"]  # FGSD and mixture samples drawn again from seed 1's models
+    assert spread["seeds"] == [0, 1] and len(spread["conditional"]["accuracy"]["values"]) == 2
+    assert spread["conditional"]["kid"]["values"][0] == q["conditional"]["kid"]["value"], "seed 0 is the main set"
 
 
 def test_one_figure_regenerates_alone(smoke_run):
@@ -164,7 +167,7 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
     jobs = planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")])
     # train_single (both seeds), centroids_single, and the sweeps that use the single-class model (summary, fig3)
-    assert jobs == {"train": 1, "train_replicate": 2, "centroids": 1, "sweep": 1, "sweep_replicate": 2, "summary": 1,
+    assert jobs == {"train": 1, "train_replicate": 1, "centroids": 1, "sweep": 1, "sweep_replicate": 1, "summary": 1,
                     "figure": 1, "provenance": 1, "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["analysis"]["fig2_sigmas"] = [1.0]
@@ -248,6 +251,7 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     repo = copy_repo(tmp_path)
     merged = config.load([ROOT / "params.yaml", ROOT / "config/smoke.yaml"])
     (repo / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    run([sys.executable, "-m", "fgsd.dvcgen"], repo)  # dvc.yaml's replicate stages follow the params' seeds
     run(["git", "init", "-q"], repo)
     out = run(["dvc", "repro"], repo).stdout
     for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_single", "sweep",
@@ -290,6 +294,7 @@ def test_dvc_push_and_pull_round_trip_is_byte_identical(smoke_run, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(smoke_run, repo, symlinks=True)
     run(["git", "init", "-q"], repo)
+    run([sys.executable, "-m", "fgsd.dvcgen", *SMOKE], repo)  # the smoke preset's replicate stages
     run(["dvc", "commit", "-f", "-q"], repo)
     assert "pushed" in run(["dvc", "push"], repo).stdout
     assert (repo / "dvc-remote").is_dir(), "the default remote is dvc-remote/ in the checkout"
@@ -314,6 +319,7 @@ def test_dvc_commit_after_snakemake_leaves_nothing_to_rerun(smoke_run):
     outputs = [p for p in (smoke_run / "results").rglob("*") if p.is_file() and ".state" not in p.parts]
     before = {p: p.stat().st_mtime_ns for p in outputs}
     run(["git", "init", "-q"], smoke_run)
+    run([sys.executable, "-m", "fgsd.dvcgen", *SMOKE], smoke_run)  # the smoke preset's replicate stages
     run(["dvc", "commit", "-f", "-q"], smoke_run)
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
     assert planned_jobs(smoke_run, SMOKE) == {}
@@ -370,7 +376,7 @@ def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
     shutil.copytree(smoke_run, repo, symlinks=True)  # mtimes kept: only what is removed, and what follows, runs
     # a regenerated sample set identical to the old one does not re-run its evaluation (Snakemake
     # compares checksums of small files), so the evaluation's output is removed too
-    removed = ["results/replicates/seed2/models/mixture/model.pt", "results/samples/nfe.npz",
+    removed = ["results/replicates/seed1/models/mixture/model.pt", "results/samples/nfe.npz",
                "results/metrics/sets/nfe.csv"]
     for path in removed:
         (repo / path).unlink()
@@ -402,5 +408,5 @@ def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
     assert sorted(map(str, got.keys() - want.keys())) == [], "files the uninterrupted run does not have"
     assert sorted(map(str, want.keys() - got.keys())) == [], "outputs missing after the restarts"
     assert sorted(str(k) for k in want if want[k] != got[k]) == [], "outputs that differ from the uninterrupted run"
-    assert "resuming" in (repo / "results/logs/replicates/train_mixture_seed2.log").read_text(), \
+    assert "resuming" in (repo / "results/logs/replicates/train_mixture_seed1.log").read_text(), \
         "the killed training did not resume from its saved state"

@@ -198,6 +198,13 @@ def test_loss_weights_and_sigma_law():
     assert 0.001 <= c.min() and c.max() <= 1
     for below, p in ((0.01, 1 / 3), (0.1, 2 / 3)):  # each decade holds a third of the draws
         assert float((c < below).float().mean()) == pytest.approx(p, abs=0.03)
+    # mixed: P(sigma > t) = share (1 - sqrt(t)) + (1 - share) log(1 / t) / log(1 / sigma_min)
+    m = denoisers.draw_sigma(8000, generator(0), 1.0, "mixed", 0.001, square_share=0.25)
+    for t in (0.3, 0.01):
+        want = 0.25 * (1 - t ** 0.5) + 0.75 * np.log(1 / t) / np.log(1000)
+        assert float((m > t).float().mean()) == pytest.approx(want, abs=0.02)
+    torch.testing.assert_close(denoisers.draw_sigma(100, generator(0), 1.0, "mixed", 0.001, square_share=1.0)[:1],
+                               a[:1])  # share 1 draws the square law's first value (its u comes first)
     with pytest.raises(ValueError, match="sigma_law"):
         denoisers.draw_sigma(4, generator(0), 1.0, "uniform")
 

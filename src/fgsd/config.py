@@ -179,8 +179,8 @@ def check(cfg: dict, paths: list, raw: list[dict]) -> None:
     need(a["kl_sigma_min"] < a["kl_sigma_max"], "analysis.kl_sigma_min", "must be below analysis.kl_sigma_max",
          "analysis.kl_sigma_max")
     t = cfg["train"]
-    need(t["sigma_law"] != "log_uniform" or t["sigma_min"] < t["sigma_max"], "train.sigma_min",
-         "must be below train.sigma_max (train.sigma_law: log_uniform draws between them)", "train.sigma_max",
+    need(t["sigma_law"] == "square" or t["sigma_min"] < t["sigma_max"], "train.sigma_min",
+         f"must be below train.sigma_max (train.sigma_law: {t['sigma_law']} draws log-uniformly between them)", "train.sigma_max",
          "train.sigma_law")
     g = cfg["guide"]
     need(all(g["width"] * m % g["groups"] == 0 for m in g["channel_mult"]), "guide.groups",

@@ -25,19 +25,23 @@ class Denoiser(Protocol):
 
 
 # --- training objective (METHOD.md §2.4, §5) ------------------------------------------------------
-SIGMA_LAWS = ("square", "log_uniform")
+SIGMA_LAWS = ("square", "log_uniform", "mixed")
 
 
 def draw_sigma(n: int, g: torch.Generator, sigma_max: float = 1.0, law: str = "square",
-               sigma_min: float = 0.0) -> torch.Tensor:
-    """square: sigma = sigma_max u^2, u ~ U(0, 1), the authors' training noise law (more weight at
-    low noise). log_uniform: log sigma uniform on [sigma_min, sigma_max], every octave drawn
-    equally often (with the edm weight, every octave counts equally in the loss)."""
+               sigma_min: float = 0.0, square_share: float = 0.5) -> torch.Tensor:
+    """square: sigma = sigma_max u^2, u ~ U(0, 1), the authors' training noise law (45 % of draws
+    above 0.3 sigma_max). log_uniform: log sigma uniform on [sigma_min, sigma_max], every octave
+    drawn equally often (low noise, where the square law starves the network, gets its share).
+    mixed: each draw from square with probability square_share, else from log_uniform."""
     u = torch.rand(n, generator=g)
     if law == "square":
         return sigma_max * u ** 2
     if law == "log_uniform":
         return sigma_min * (sigma_max / sigma_min) ** u
+    if law == "mixed":
+        pick = torch.rand(n, generator=g) < square_share
+        return torch.where(pick, sigma_max * u ** 2, sigma_min * (sigma_max / sigma_min) ** u)
     raise ValueError(f"train.sigma_law must be one of {SIGMA_LAWS}, not {law!r}")
 
 
@@ -52,10 +56,10 @@ def loss_weight(sigma: torch.Tensor, kind: str, sigma_data: float) -> torch.Tens
 
 def denoising_loss(model, clean: torch.Tensor, cond, g: torch.Generator, sigma_max: float = 1.0,
                    weight: str = "none", sigma_data: float = 0.25, law: str = "square",
-                   sigma_min: float = 0.0) -> torch.Tensor:
+                   sigma_min: float = 0.0, square_share: float = 0.5) -> torch.Tensor:
     """L = E w(sigma) ||f(x + sigma z, phi(x')) - x||^2, summed over pixels, averaged over the
     batch. sigma and z come from `g` (drawn on the CPU: the same numbers on every device)."""
-    sigma = draw_sigma(len(clean), g, sigma_max, law, sigma_min)
+    sigma = draw_sigma(len(clean), g, sigma_max, law, sigma_min, square_share)
     noise = torch.randn(clean.shape, generator=g)
     noisy = clean + sigma.view(-1, 1, 1, 1).to(clean.device) * noise.to(clean.device)
     err = (model(noisy, cond) - clean).pow(2).flatten(1).sum(1)

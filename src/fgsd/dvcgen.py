@@ -21,8 +21,9 @@ HEADER = ("# Generated from the Snakemake DAG by `python -m fgsd.dvcgen`; do not
           "# `dvc repro` runs the same commands as `snakemake --cores all` on params.yaml.\n")
 
 
-def snakemake_jobs(snakefile: str = "Snakefile", target: str = "all") -> list:
-    """The jobs of the DAG that produces `target`, in topological order (private API: pinned)."""
+def snakemake_jobs(snakefile: str = "Snakefile", target: str = "all", configfiles: tuple[str, ...] = ()) -> list:
+    """The jobs of the DAG that produces `target`, in topological order (private API: pinned).
+    configfiles: preset overlays on params.yaml, as `snakemake --configfile` takes them."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (
         ConfigSettings,
@@ -33,7 +34,8 @@ def snakemake_jobs(snakefile: str = "Snakefile", target: str = "all") -> list:
         WorkflowSettings,
     )
     with contextlib.redirect_stderr(io.StringIO()), SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-        wf = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=ConfigSettings(),
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1),
+                          config_settings=ConfigSettings(configfiles=[Path(p) for p in configfiles]),
                           storage_settings=StorageSettings(), workflow_settings=WorkflowSettings(),
                           snakefile=Path(snakefile))
         dag_api = wf.dag(DAGSettings(targets={target}, forceall=True))
@@ -68,13 +70,13 @@ def stage(job) -> tuple[str, dict]:
     return name, spec
 
 
-def render() -> str:
-    stages = dict(stage(job) for job in snakemake_jobs() if job.shellcmd)
+def render(configfiles: tuple[str, ...] = ()) -> str:
+    stages = dict(stage(job) for job in snakemake_jobs(configfiles=configfiles) if job.shellcmd)
     return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
 
 
-def main(out: str = "dvc.yaml", check: bool = False) -> None:
-    text = render()
+def main(out: str = "dvc.yaml", check: bool = False, configfiles: tuple[str, ...] = ()) -> None:
+    text = render(configfiles)
     path = Path(out)
     if check:
         if not path.is_file() or path.read_text() != text:
@@ -90,8 +92,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(prog="python -m fgsd.dvcgen", description="write dvc.yaml from the Snakemake DAG")
     ap.add_argument("--out", default="dvc.yaml")
     ap.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
+    ap.add_argument("--configfile", nargs="*", default=[],
+                    help="preset overlays on params.yaml: the stages of their DAG (e.g. the smoke preset's seeds)")
     a = ap.parse_args()
     try:
-        main(a.out, check=a.check)
+        main(a.out, check=a.check, configfiles=tuple(a.configfile))
     except FgsdError as e:
         sys.exit(f"fgsd.dvcgen: error: {e}")

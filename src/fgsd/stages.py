@@ -36,6 +36,9 @@ BASELINE_MODELS = ("d2c_prior",)  # model kinds a sample set may read besides MO
 REPLICATE = "results/replicates/seed{rseed}"   # the models of one more training seed, and their sweep
 REPLICATE_MODEL = REPLICATE + "/models/{kind}/model.pt"
 REPLICATE_SWEEP = REPLICATE + "/sweep.csv"
+REPLICATE_SAMPLES = REPLICATE + "/samples/{sample_set}.npz"
+REPLICATE_SET_METRICS = REPLICATE + "/metrics/sets/{group}.csv"
+REPLICATED_SETS = ("conditional", "mixture")  # sample sets drawn again from every seed's models (their spread)
 GAIN_BY_SEED = "results/analysis/psnr_gain_by_seed.csv"
 SAMPLER_KEYS = tuple(f"sampling.{k}" for k in ("sigma0", "sigma_final", "stop_factor", "h0", "beta", "fixed_h",
                                                 "max_steps"))
@@ -54,9 +57,9 @@ STAGES = {
     "data": Stage("data", "prepare", ("seed", "data")),
     "train": Stage("train", "train", ("seed", "device", "model", "train.batch_size", "train.lr", "train.lr_schedule",
                                       "train.lr_decay_every", "train.lr_decay_factor", "train.ema", "train.sigma_max",
-                                      "train.sigma_law", "train.sigma_min", "train.loss_weight", "train.sigma_data",
-                                      "train.checkpoint_every", "train.eval_every", "train.eval_crops_per_class",
-                                      "sigmas"), named=True),
+                                      "train.sigma_law", "train.sigma_min", "train.square_share", "train.loss_weight",
+                                      "train.sigma_data", "train.checkpoint_every", "train.eval_every",
+                                      "train.eval_crops_per_class", "sigmas"), named=True),
     "centroids": Stage("centroids", "compute", ("device", "features")),
     "sweep": Stage("analysis", "sweep", ("seed", "device", "sigmas", "analysis.batch_size", "train.single.class")),
     "separation": Stage("analysis", "separation"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-from . import files, samples
+from . import files, samples, stages
 from .errors import FgsdError
 
 
@@ -106,6 +106,28 @@ def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
     return out
 
 
+SEEDED_SAMPLE_METRICS = ("accuracy", "judged_synthetic", "kid", "fid", "precision", "recall")
+
+
+def sample_seed_spread(frames: dict[int, pd.DataFrame]) -> dict:
+    """The sample-quality headline of each training seed's conditional (FGSD) and mixture sets
+    (the same sampling noise, the same judge), with mean and std over seeds (ddof 1; null with
+    one seed): one seed's accuracy or KID can sit far from another's."""
+    out = {"seeds": list(frames), "n_seeds": len(frames)}
+    for set_name in stages.REPLICATED_SETS:
+        out[set_name] = {}
+        for name in SEEDED_SAMPLE_METRICS:
+            extractor = samples.EXTRACTOR if name in ("kid", "fid", "precision", "recall") else None
+            rows = [samples.metric(t, set_name, name, variant="c2f", extractor=extractor) for t in frames.values()]
+            if any(r is None for r in rows):
+                continue  # e.g. the mixture set has no class to be right about
+            values = pd.Series([float(r.value) for r in rows])
+            out[set_name][name] = {"mean": float(values.mean()),
+                                   "std": None if len(values) < 2 else float(values.std(ddof=1)),
+                                   "values": values.tolist(), "n_samples": int(rows[0].n_samples)}
+    return out
+
+
 def comparison_records(metrics: pd.DataFrame, d2c_protocol: str) -> list[dict]:
     """The method comparison as JSON records (NaN -> null); D2C's rows name the protocol its
     autoencoder and prior were trained under (strict, or transductive: an upper bound)."""
@@ -123,11 +145,13 @@ def curves_by_seed(sweeps: dict[int, pd.DataFrame]) -> pd.DataFrame:
 
 def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str | Path, references_json: str | Path,
             set_metrics: str, classifier_metrics: str | Path, guide_metrics: str | Path, d2c_metrics: str | Path,
-            replicate_sweeps: str, summary_json: str | Path, gain: str | Path, gain_by_seed: str | Path) -> None:
+            replicate_sweeps: str, replicate_set_metrics: str, summary_json: str | Path, gain: str | Path,
+            gain_by_seed: str | Path) -> None:
     """summary.json: the headline numbers, each with its counts; psnr_gain.csv: the Fig 3 curves
     (and per training seed, psnr_gain_by_seed.csv). set_metrics: the evaluation groups' metric
     files the sample-quality headline quotes (stages.HEADLINE_GROUPS); replicate_sweeps: the
-    sweeps of the models of train.replicate_seeds, in that order; both comma-separated."""
+    sweeps of the models of train.replicate_seeds, in that order; replicate_set_metrics: the
+    metrics of their stages.REPLICATED_SETS, seed by seed; all comma-separated."""
     sw = files.load_csv(sweep)
     metrics = samples.read_metrics(set_metrics.split(","))
     replicates = [p for p in replicate_sweeps.split(",") if p]
@@ -135,6 +159,13 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         raise FgsdError(f"summary: {len(replicates)} replicate sweeps for train.replicate_seeds "
                         f"{cfg['train']['replicate_seeds']}")
     sweeps = {cfg["seed"]: sw, **{seed: files.load_csv(p) for seed, p in zip(cfg["train"]["replicate_seeds"], replicates)}}
+    per_seed = [p for p in replicate_set_metrics.split(",") if p]
+    k = len(stages.REPLICATED_SETS)
+    if len(per_seed) != k * len(replicates):
+        raise FgsdError(f"summary: {len(per_seed)} replicate sample metrics for {len(replicates)} seeds x "
+                        f"{stages.REPLICATED_SETS}")
+    sample_frames = {cfg["seed"]: metrics, **{seed: samples.read_metrics(per_seed[i * k:(i + 1) * k])
+                                              for i, seed in enumerate(cfg["train"]["replicate_seeds"])}}
     curves = psnr_gain(sw)
     files.save_csv(gain, curves)
     files.save_csv(gain_by_seed, curves_by_seed(sweeps))
@@ -163,6 +194,7 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         density_grid_start_sensitivity={f"kl_sigma_min{k}": correlations(dens, f"sym_kl{k}")
                                         for k in ("_half_min", "_double_min")},
         sample_quality=samples.headline(metrics),
+        sample_quality_seeds=sample_seed_spread(sample_frames),
         method_comparison=comparison_records(metrics, files.load_json(d2c_metrics)["protocol"]),
         guide=files.load_json(guide_metrics)["final"] | {"note": "ADM-G's guide: held-out noisy crops of the seen "
                                                          "classes, accuracy per sigma band; never the judge"},

@@ -166,7 +166,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
         cond = x[partner[idx]].to(dev) if kind == "conditional" else None
         loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step), sigma_max=t["sigma_max"],
                               weight=t["loss_weight"], sigma_data=t["sigma_data"], law=t["sigma_law"],
-                              sigma_min=t["sigma_min"])
+                              sigma_min=t["sigma_min"], square_share=t["square_share"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
         require_finite(loss, kind, step + 1, learning_rate(t, step, steps), "train.lr", keeper.last_good())

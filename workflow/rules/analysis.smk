@@ -92,6 +92,8 @@ rule summary:
         guide_metrics="results/models/guide/metrics.json",
         d2c_metrics="results/models/d2c_autoencoder/metrics.json",
         replicate_sweeps=expand(stages.REPLICATE_SWEEP, rseed=config["train"]["replicate_seeds"]),
+        replicate_set_metrics=expand(stages.REPLICATE_SET_METRICS, rseed=config["train"]["replicate_seeds"],
+                                     group=stages.REPLICATED_SETS),  # seed by seed
         code=code("summary"),
     output:
         summary_json="results/metrics/summary.json",

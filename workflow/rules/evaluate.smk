@@ -46,6 +46,21 @@ rule evaluate:  # one job per sample set, plus the real-crop reference: a new se
         "python -m fgsd evaluate {wildcards.group} {params.args} --log {log} --provenance {output.prov}"
 
 
+use rule evaluate as evaluate_replicate with:  # the same scores for another training seed's samples
+    input:
+        DATA_FILES,
+        samples_npz=lambda wildcards: stages.REPLICATE_SAMPLES.format(sample_set=wildcards.group, rseed=wildcards.rseed),
+        classifier=stages.CLASSIFIER,
+        code=code("evaluate"),
+    output:
+        table=stages.REPLICATE_SET_METRICS,
+        prov="results/provenance/replicates/evaluate_{group}_seed{rseed}.json",
+    log:
+        "results/logs/replicates/evaluate_{group}_seed{rseed}.log",
+    benchmark:
+        "results/benchmarks/replicates/evaluate_{group}_seed{rseed}.tsv"
+
+
 rule sample_metrics:
     input:
         set_metrics=list(stages.set_metrics(*EVAL_GROUPS).values()),

@@ -21,3 +21,20 @@ rule sample:
         gpu=GPU,
     shell:
         "python -m fgsd sample {wildcards.sample_set} {params.args} --log {log} --provenance {output.prov}"
+
+
+use rule sample as sample_replicate with:  # the same sample set (same sampling noise) from another seed's model
+    input:
+        DATA_FILES,
+        unpack(lambda wildcards: stages.SAMPLE_SETS[wildcards.sample_set].inputs),
+        model=lambda wildcards: stages.REPLICATE_MODEL.format(kind=stages.SAMPLE_SETS[wildcards.sample_set].model,
+                                                              rseed=wildcards.rseed),
+        code=code("sample"),
+    output:
+        samples_npz=stages.REPLICATE_SAMPLES,
+        seconds="results/benchmarks/replicates/seconds_{sample_set}_seed{rseed}.csv",
+        prov="results/provenance/replicates/sample_{sample_set}_seed{rseed}.json",
+    log:
+        "results/logs/replicates/sample_{sample_set}_seed{rseed}.log",
+    benchmark:
+        "results/benchmarks/replicates/sample_{sample_set}_seed{rseed}.tsv"
