@@ -78,6 +78,8 @@ def test_density_stage_and_summary(trained):
     d = pd.read_csv(tmp / "d.csv")
     assert len(d) == 2 and {"sym_kl", "sym_kl_half_min", "sym_kl_double_min", "sym_kl_diff_form"} <= set(d.columns)
     assert (d[["sym_kl", "sym_kl_half_min", "sym_kl_double_min"]].nunique(axis=1) == 3).all(), "three grid starts"
+    diff = d[["sym_kl_diff_form", "sym_kl_diff_form_half_min", "sym_kl_diff_form_double_min"]]
+    assert (diff.nunique(axis=1) == 3).all(), "three grid starts for the difference form too"
     assert (d.centroid_sqdist > 0).all()
     mix = files.load_npz(tmp / "phi_mixture.npz")
     names = [str(c) for c in mix["classes"]]

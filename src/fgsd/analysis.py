@@ -117,8 +117,8 @@ def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Pa
             table: str | Path, device="auto") -> None:
     """Symmetrised KL-through-denoisers between class pairs, with the conditional denoiser
     conditioned on the correct vs the wrong class centroid, against ||phi_y - phi_y'||². The
-    integrand is also evaluated at kl_sigma_min / 2 and 2 kl_sigma_min, so each pair's KL is
-    reported with the grid starting there too: how much the number rests on its lowest sigma.
+    integrand is also evaluated at kl_sigma_min / 2 and 2 kl_sigma_min, so each pair's KL (both
+    forms) is reported with the grid starting there too: how much it rests on its lowest sigma.
     The mixture model's centroid distance is the control: features not trained for
     conditioning, against the same KL estimates."""
     a, seed, dev = cfg["analysis"], cfg["seed"], resolve_device(device)
@@ -149,7 +149,8 @@ def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Pa
                    kl_ab=kl.integrate(grid, gap_ab[on_grid, 0]), kl_ba=kl.integrate(grid, gap_ba[on_grid, 0]))
         for suffix, keep in spans.items():
             row[f"sym_kl{suffix}"] = kl.integrate(sigmas[keep], gap_ab[keep, 0] + gap_ba[keep, 0])
-        row["sym_kl_diff_form"] = kl.integrate(grid, gap_ab[on_grid, 1] + gap_ba[on_grid, 1])
+        for suffix, keep in spans.items():
+            row[f"sym_kl_diff_form{suffix}"] = kl.integrate(sigmas[keep], gap_ab[keep, 1] + gap_ba[keep, 1])
         rows.append(dict(row, centroid_sqdist=float(((phi_c[ya] - phi_c[yb]) ** 2).sum()),
                          centroid_sqdist_mixture=float(((phi_m[ya] - phi_m[yb]) ** 2).sum()),
                          n_a=int((labels == ya).sum()), n_b=int((labels == yb).sum())))

@@ -191,7 +191,8 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         density_vs_centroid_distance=correlations(dens),
         density_diff_form_vs_centroid_distance=correlations(dens, "sym_kl_diff_form"),
         density_vs_mixture_centroid_distance_control=correlations(dens, x="centroid_sqdist_mixture"),
-        density_grid_start_sensitivity={f"kl_sigma_min{k}": correlations(dens, f"sym_kl{k}")
+        density_grid_start_sensitivity={f"{form}kl_sigma_min{k}": correlations(dens, f"sym_kl{column}{k}")
+                                        for form, column in (("", ""), ("diff_form_", "_diff_form"))
                                         for k in ("_half_min", "_double_min")},
         sample_quality=samples.headline(metrics),
         sample_quality_seeds=sample_seed_spread(sample_frames),
