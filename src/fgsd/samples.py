@@ -85,9 +85,16 @@ def metric(t: pd.DataFrame, set_name: str, name: str, variant=None, param=None, 
 
 
 EXTRACTOR = "fgsd-classifier"  # the in-domain feature extractor's name in torch-fidelity (evaluate.py)
+FIDELITY = ("kid", "fid", "precision", "recall")  # computed on a feature extractor's features
+QUALITY = ("accuracy", "judged_synthetic", *FIDELITY)  # the judge's two numbers and the fidelity ones
 
 
-COMPARED = ("accuracy", "judged_synthetic", "kid", "fid", "precision", "recall", *COST)
+def quality(t: pd.DataFrame, set_name: str, name: str, variant=None, param=None):
+    """metric() for a QUALITY name: the fidelity ones on the in-domain extractor's features."""
+    return metric(t, set_name, name, variant, param, EXTRACTOR if name in FIDELITY else None)
+
+
+COMPARED = (*QUALITY, *COST)
 
 
 def comparison(t: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +114,7 @@ def comparison(t: pd.DataFrame) -> pd.DataFrame:
             if r is not None:
                 row[m] = float(r.value)
         for m in COMPARED:
-            r = metric(t[k], set_name, m, extractor=EXTRACTOR if m in ("kid", "fid", "precision", "recall") else None)
+            r = quality(t[k], set_name, m) if m in QUALITY else metric(t[k], set_name, m)
             row[m] = float(r.value) if r is not None else (0.0 if m == "guide_nfe" else float("nan"))
         count = [r for r in (metric(t[k], set_name, m) for m in ("accuracy", "nfe", "acceptance_rate")) if r is not None]
         row["n_samples"] = int(count[0].n_samples) if count else 0
@@ -149,7 +156,7 @@ def headline(t: pd.DataFrame) -> dict:
     out = {}
     for name in (stages.REFERENCE, "conditional", "mixture"):
         variant = "train crops" if name == stages.REFERENCE else "c2f"
-        out[name] = {m: pick(name, variant, m, extractor=EXTRACTOR) for m in ("kid", "fid", "precision", "recall")}
+        out[name] = {m: pick(name, variant, m, extractor=EXTRACTOR) for m in FIDELITY}
         out[name]["classes_covered"] = pick(name, variant, "classes_covered")
         out[name]["judged_synthetic"] = pick(name, variant, "judged_synthetic")
         if name != stages.REFERENCE:

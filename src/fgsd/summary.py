@@ -106,9 +106,6 @@ def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
     return out
 
 
-SEEDED_SAMPLE_METRICS = ("accuracy", "judged_synthetic", "kid", "fid", "precision", "recall")
-
-
 def sample_seed_spread(frames: dict[int, pd.DataFrame]) -> dict:
     """The sample-quality headline of each training seed's conditional (FGSD) and mixture sets
     (the same sampling noise, the same judge), with mean and std over seeds (ddof 1; null with
@@ -116,9 +113,8 @@ def sample_seed_spread(frames: dict[int, pd.DataFrame]) -> dict:
     out = {"seeds": list(frames), "n_seeds": len(frames)}
     for set_name in stages.REPLICATED_SETS:
         out[set_name] = {}
-        for name in SEEDED_SAMPLE_METRICS:
-            extractor = samples.EXTRACTOR if name in ("kid", "fid", "precision", "recall") else None
-            rows = [samples.metric(t, set_name, name, variant="c2f", extractor=extractor) for t in frames.values()]
+        for name in samples.QUALITY:
+            rows = [samples.quality(t, set_name, name, variant="c2f") for t in frames.values()]
             if any(r is None for r in rows):
                 continue  # e.g. the mixture set has no class to be right about
             values = pd.Series([float(r.value) for r in rows])
