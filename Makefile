@@ -6,13 +6,16 @@ STAMP := $(VENV)/.fgsd-deps-$(KEY)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run smoke test test-all test-slurm setup dvc-yaml clean
+.PHONY: run smoke study test test-all test-slurm setup dvc-yaml clean
 
 run: setup                 ## the main job: every stage on the default preset (params.yaml)
 	snakemake --cores all
 
 smoke: setup               ## the whole DAG on the smoke preset (minutes)
 	snakemake --cores all --configfile config/smoke.yaml
+
+study: setup               ## the study: conditional gain vs classes and crop scale (not in the main job; ~1 h)
+	snakemake --cores all study
 
 test: setup                ## lint, then the default test suite (includes the smoke chain end to end)
 	ruff check src tests benchmarks

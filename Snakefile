@@ -21,6 +21,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/provenance.smk"
+include: "workflow/rules/study.smk"  # `snakemake --cores all study`: not in the main job
 
 report: "workflow/report/workflow.rst"
 

@@ -43,6 +43,8 @@ def test_presets_load():
     ("model:\n  widths:\n  - 8\n", "parameter 'model.widths' must list at least 4 item(s), got [8]"),
     ("model:\n  match:\n  - middle\n", "parameter 'model.match[0]' must be one of enc1, enc2, enc3, mid, dec3, dec2, "
                                        "dec1, got 'middle'"),
+    ("study:\n  sigmas:\n  - 1.0\n  - 4.0\n", "parameter 'study.sigmas' must not go above study.sigma_max (the "
+                                               "study's models train up to it), got [1.0, 4.0]"),
     ("evaluate:\n  inception_weights: /no/weights.pth\n", "parameter 'evaluate.inception_weights' is not an "
                                                           "existing file (null = in-domain features only), "
                                                           "got '/no/weights.pth'"),

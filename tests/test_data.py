@@ -2,6 +2,8 @@ import io
 import re
 import shutil
 import subprocess
+import threading
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -240,6 +242,9 @@ def test_select_textures_drops_small_flat_and_near_duplicates():
     assert len(kept) == 2 and sum("max_classes" in v for v in dropped.values()) == 2
     assert [c.name for c in select_textures(classes, dict(d, dedup_corr=1.0, max_classes=2), seed=0)[0]] == \
         [c.name for c in kept], "the draw is seeded"
+    many = [RawClass(f"i{k:02d}", images=[base[:16, :16]]) for k in range(40)]
+    draw = lambda n: {c.name for c in select_textures(many, dict(d, max_classes=n), seed=0)[0]}
+    assert draw(5) < draw(10) < draw(30), "a smaller count draws a subset of a larger one (the study's class axis)"
 
 
 def _fake_game_deb(tmp_path, src: GameTextures, members: dict[str, bytes]) -> Path:
@@ -325,3 +330,25 @@ def test_ufoai_from_debian(tiny_cfg, tmp_path):
     m = _prepare(tiny_cfg, tmp_path / "out")
     assert len(m["classes"]) == 20 and m["provenance"]["packages"] == {"ufoai-textures": "2.5-2"}
     assert not any(re.search(r"_(nm|sm|gm|rm|hm)$", c) for c in m["classes"])
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_parallel_data_jobs_fetch_a_game_package_once(tmp_path, monkeypatch):
+    """The study's data jobs run side by side: the first fills the cache, the others wait and read it."""
+    src = sources.GAME_TEXTURES["ufoai"]
+    deb = _fake_game_deb(tmp_path, src, {"textures/tex_nature/grass01.png": b"x"})
+    calls, gate = [], threading.Barrier(3)
+
+    def slow_download(spec, into):
+        calls.append(spec)
+        time.sleep(0.5)  # the others reach the cache meanwhile
+        return Path(shutil.copy(deb, into))
+    monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "_apt_download", slow_download)
+    paths = []
+    threads = [threading.Thread(target=lambda: (gate.wait(), paths.append(src.cached_zip("ufoai")))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["ufoai-textures=2.5-2"] and len(set(paths)) == 1 and paths[0].is_file()

@@ -45,7 +45,10 @@ def test_code_dependencies_follow_the_imports():
     assert "train" not in stages.code_modules("classifier"), "editing the training loop leaves the judge alone"
     assert "train" not in stages.code_modules("generate") and "train" not in stages.code_modules("evaluate")
     importers = [m.stem for m in stages.SRC.glob("*.py") if "train" in stages._imports(m.stem)]
-    assert importers == [], f"only the command line reaches train.py, not {importers}"
+    assert importers == ["study"], f"only the command line and the study (its own trainings) reach train.py: {importers}"
+    main_job = {m for stage in stages.STAGES if not stage.startswith("study") for m in stages.code_modules(
+        stages.function_of(stage, "fig3_psnr_gain" if stage == "figure" else None)[0])}
+    assert "study" not in main_job, "editing the study re-runs nothing in the main job"
     assert stages.code_files("figure", "fig3_psnr_gain")[0].startswith("src/fgsd/")
 
 

@@ -35,6 +35,32 @@ def _tile(cond: dict, n: int, device) -> dict:
 
 
 @torch.no_grad()
+def psnr_table(denoisers: dict, refs: dict, x: torch.Tensor, labels: torch.Tensor, classes: list[str],
+               sigmas: list[float], seed: int, batch_size: int, dev) -> pd.DataFrame:
+    """Output PSNR of every crop of `x` at every sigma, one row per (denoiser, crop, sigma), all
+    denoisers on the same noise. denoisers: (model, conditioning) -> f(noisy, rows) on `dev`;
+    refs: the same for the reference denoisers, f(noisy, sigma, rows) on the CPU."""
+    rows = []
+    for j, s in enumerate(sigmas):
+        z = torch.randn(x.shape, generator=generator(seed, 22, j))
+        for i0 in range(0, len(x), batch_size):
+            i = torch.arange(i0, min(i0 + batch_size, len(x)))
+            clean = x[i].to(dev)
+            noisy = clean + s * z[i].to(dev)
+            p_in = network.psnr(noisy, clean).cpu()
+            outputs = {key: f(noisy, i) for key, f in denoisers.items()}
+            level = torch.full((len(i),), float(s))
+            outputs.update({key: f(noisy.cpu(), level, i).to(dev) for key, f in refs.items()})
+            for (model, conditioning), out in outputs.items():
+                p_out = network.psnr(out, clean).cpu()
+                rows += [dict(model=model, conditioning=conditioning, cls=classes[int(labels[k])], sigma=s,
+                              image=int(k), input_psnr=float(pi), output_psnr=float(po))
+                         for k, pi, po in zip(i.tolist(), p_in, p_out)]
+        log.info("sigma %.4g done", s)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
 def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str | Path, data: str | Path,
           table: str | Path, references_json: str | Path | None = None, device="auto") -> None:
     """Output PSNR of every test crop at every sigma, for each denoiser and conditioning, beside
@@ -66,27 +92,10 @@ def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str |
         ("single", "none"): lambda y, i: models["single"](y),
     }
     gauss = references.StationaryGaussians(x_train, l_train)
-    refs = {("trivial-mean", "none"): references.trivial(),
-            ("gaussian-mixture", "none"): references.gaussian_mixture(gauss),
-            ("gaussian-class", "class"): references.gaussian_class(gauss, labels)}
-    rows = []
-    for j, s in enumerate(cfg["sigmas"]):
-        z = torch.randn(x.shape, generator=generator(seed, 22, j))
-        for i0 in range(0, len(x), a["batch_size"]):
-            i = torch.arange(i0, min(i0 + a["batch_size"], len(x)))
-            clean = x[i].to(dev)
-            noisy = clean + s * z[i].to(dev)
-            p_in = network.psnr(noisy, clean).cpu()
-            outputs = {key: f(noisy, i) for key, f in denoisers.items()}
-            level = torch.full((len(i),), float(s))
-            outputs.update({key: f(noisy.cpu(), level, i).to(dev) for key, f in refs.items()})
-            for (model, conditioning), out in outputs.items():
-                p_out = network.psnr(out, clean).cpu()
-                rows += [dict(model=model, conditioning=conditioning, cls=classes[int(labels[k])],
-                              is_y0=int(labels[k]) == y0, sigma=s, image=int(k), input_psnr=float(pi),
-                              output_psnr=float(po)) for k, pi, po in zip(i.tolist(), p_in, p_out)]
-        log.info("sigma %.4g done", s)
-    files.save_csv(table, pd.DataFrame(rows))
+    refs = references.reference_denoisers(gauss, labels)
+    frame = psnr_table(denoisers, refs, x, labels, classes, cfg["sigmas"], seed, a["batch_size"], dev)
+    frame.insert(3, "is_y0", frame.cls == classes[y0])
+    files.save_csv(table, frame)
     g_inf = references.g_infinity(x_train, l_train)
     log.info("G_inf (class-known minus class-blind MMSE gain as sigma -> inf): %.2f dB", g_inf)
     if references_json is not None:

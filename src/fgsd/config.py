@@ -182,6 +182,9 @@ def check(cfg: dict, paths: list, raw: list[dict]) -> None:
     need(t["sigma_law"] == "square" or t["sigma_min"] < t["sigma_max"], "train.sigma_min",
          f"must be below train.sigma_max (train.sigma_law: {t['sigma_law']} draws log-uniformly between them)", "train.sigma_max",
          "train.sigma_law")
+    st = cfg["study"]
+    need(max(st["sigmas"]) <= st["sigma_max"], "study.sigmas", "must not go above study.sigma_max (the study's "
+         "models train up to it)", "study.sigma_max")
     g = cfg["guide"]
     need(all(g["width"] * m % g["groups"] == 0 for m in g["channel_mult"]), "guide.groups",
          "must divide the width of every guide level (guide.width x guide.channel_mult)", "guide.width")

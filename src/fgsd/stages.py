@@ -44,6 +44,41 @@ SAMPLER_KEYS = tuple(f"sampling.{k}" for k in ("sigma0", "sigma_final", "stop_fa
                                                 "max_steps"))
 
 
+# The study (`snakemake study`, not in the main job): one setting = a number of classes and a crop scale.
+STUDY = "results/study/{setting}"
+STUDY_DATA = STUDY + "/data"
+STUDY_RUN = STUDY + "/seed{sseed}"              # one training seed's models and PSNR table
+STUDY_MODEL = STUDY_RUN + "/models/{kind}/model.pt"
+STUDY_PSNR = STUDY_RUN + "/psnr.csv"
+STUDY_KINDS = ("mixture", "conditional")
+STUDY_GAIN = "results/study/gain.csv"
+STUDY_FIGURE = "results/study/study_gain.pdf"
+SETTING_PATTERN = r"k\d+_s[0-9.]+"
+
+
+def study_settings(study: dict) -> list[str]:
+    """The study's settings, k<classes>_s<scale>: the class axis at `class_axis_scale`, then the
+    scale axis at `scale_axis_classes` (a setting on both axes once)."""
+    pairs = [(k, study["class_axis_scale"]) for k in study["classes"]]
+    pairs += [(study["scale_axis_classes"], s) for s in study["scales"]]
+    return list(dict.fromkeys(f"k{k}_s{s:g}" for k, s in pairs))
+
+
+def parse_setting(name: str) -> tuple[int, float]:
+    """(number of classes, scale) of a setting name."""
+    k, s = name.split("_")
+    return int(k[1:]), float(s[1:])
+
+
+TRAIN_KEYS = ("seed", "device", "model", "train.batch_size", "train.lr", "train.lr_schedule", "train.lr_decay_every",
+              "train.lr_decay_factor", "train.ema", "train.sigma_max", "train.sigma_law", "train.sigma_min",
+              "train.square_share", "train.loss_weight", "train.sigma_data", "train.checkpoint_every",
+              "train.eval_every", "train.eval_crops_per_class", "sigmas")
+# The training recipe: what the study's trainings read from `train` (the study sets the rest).
+TRAIN_RECIPE = tuple(k for k in TRAIN_KEYS if k not in ("train.sigma_max", "train.eval_every",
+                                                         "train.eval_crops_per_class", "sigmas"))
+
+
 @dataclass(frozen=True)
 class Stage:
     """One `python -m fgsd <stage>` command: `module.function(cfg?, [name], **paths, device?)`."""
@@ -55,11 +90,7 @@ class Stage:
 
 STAGES = {
     "data": Stage("data", "prepare", ("seed", "data")),
-    "train": Stage("train", "train", ("seed", "device", "model", "train.batch_size", "train.lr", "train.lr_schedule",
-                                      "train.lr_decay_every", "train.lr_decay_factor", "train.ema", "train.sigma_max",
-                                      "train.sigma_law", "train.sigma_min", "train.square_share", "train.loss_weight",
-                                      "train.sigma_data", "train.checkpoint_every", "train.eval_every",
-                                      "train.eval_crops_per_class", "sigmas"), named=True),
+    "train": Stage("train", "train", TRAIN_KEYS, named=True),
     "centroids": Stage("centroids", "compute", ("device", "features")),
     "sweep": Stage("analysis", "sweep", ("seed", "device", "sigmas", "analysis.batch_size", "train.single.class")),
     "separation": Stage("analysis", "separation"),
@@ -79,6 +110,14 @@ STAGES = {
     "sample_metrics": Stage("evaluate", "join"),
     "figure": Stage("figures", "draw", named=True),
     "provenance": Stage("provenance", "table"),
+    "study_data": Stage("study", "prepare_setting", ("seed", "data.folder", "data.color", "data.crop_size",
+                                                     "data.test_fraction", "data.dedup_corr", "data.pad_small",
+                                                     "study.dataset", "study.min_size", "study.train_per_class",
+                                                     "study.test_per_class")),
+    "study_train": Stage("study", "train_setting", (*TRAIN_RECIPE, "study.steps", "study.sigma_max", "study.sigmas",
+                                                     "study.test_per_class")),
+    "study_eval": Stage("study", "evaluate_setting", ("seed", "device", "analysis.batch_size", "study.sigmas")),
+    "study_report": Stage("study", "report", ("study",)),
 }
 
 
