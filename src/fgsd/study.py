@@ -64,6 +64,7 @@ def prepare_setting(cfg: dict, setting: str, out: str | Path) -> None:
 
 def train_setting(cfg: dict, kind: str, data: str | Path, model: str | Path, train_log: str | Path,
                   config_json: str | Path, metrics: str | Path, state: str | Path, device: str = "auto") -> None:
+    """One of the setting's two models: `train.train` itself, so it resumes after a kill as the main ones do."""
     if kind not in stages.STUDY_KINDS:
         raise FgsdError(f"the study trains {stages.STUDY_KINDS}, not '{kind}'")
     train.train(setting_train_config(cfg), kind, data, model, train_log, config_json, metrics, state, device)
