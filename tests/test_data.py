@@ -352,3 +352,33 @@ def test_parallel_data_jobs_fetch_a_game_package_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert calls == ["ufoai-textures=2.5-2"] and len(set(paths)) == 1 and paths[0].is_file()
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_parallel_data_jobs_unpack_fashion_mnist_once(tmp_path, monkeypatch):
+    """The same lock around the Fashion-MNIST package, which is unpacked in place (not renamed)."""
+    monkeypatch.setattr(sources, "FASHION_DIR", tmp_path / "not-installed" / "fashion-mnist")
+    root = tmp_path / "pkg"
+    files_dir = root / sources.FASHION_DIR.relative_to("/")
+    files_dir.mkdir(parents=True)
+    (files_dir / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text(f"Package: {sources.FASHION_DEB}\nVersion: 1\nArchitecture: all\n"
+                                             "Maintainer: test <t@example.org>\nDescription: fake\n")
+    deb = tmp_path / "fake.deb"
+    subprocess.run(["dpkg-deb", "--build", "-Znone", str(root), str(deb)], check=True, capture_output=True)
+    calls, gate = [], threading.Barrier(3)
+
+    def slow_download(spec, into):
+        calls.append(spec)
+        time.sleep(0.5)
+        return Path(shutil.copy(deb, into))
+    monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "_apt_download", slow_download)
+    paths = []
+    threads = [threading.Thread(target=lambda: (gate.wait(), paths.append(sources._fashion_dir()))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [sources.FASHION_DEB] and len(set(paths)) == 1

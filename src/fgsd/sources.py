@@ -211,13 +211,13 @@ def _fashion_dir() -> Path:
         return FASHION_DIR
     root = cache_dir() / "deb" / FASHION_DEB
     unpacked = root / FASHION_DIR.relative_to("/")
-    if (unpacked / "train-images-idx3-ubyte.gz").is_file():
-        return unpacked
-    _need_apt(FASHION_DEB, "fashion-mnist")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        deb = _apt_download(FASHION_DEB, Path(tmp))
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    with _cache_lock(FASHION_DEB):  # another data job may be unpacking it right now
+        if not (unpacked / "train-images-idx3-ubyte.gz").is_file():
+            _need_apt(FASHION_DEB, "fashion-mnist")
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                deb = _apt_download(FASHION_DEB, Path(tmp))
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     return unpacked
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -90,8 +91,8 @@ def evaluate_setting(cfg: dict, data: str | Path, mixture: str | Path, condition
     rows = psnr_table(denoisers, refs, x, labels, classes, cfg["study"]["sigmas"], seed, cfg["analysis"]["batch_size"],
                       dev)
     per_class = (rows.groupby(["model", "conditioning", "sigma", "cls"], sort=False)
-                 [["input_psnr", "output_psnr"]].mean().reset_index())
-    per_class["n"] = rows.groupby(["model", "conditioning", "sigma", "cls"], sort=False).size().to_numpy()
+                 .agg(input_psnr=("input_psnr", "mean"), output_psnr=("output_psnr", "mean"), n=("output_psnr", "size"))
+                 .reset_index())
     per_class["g_infinity_db"] = references.g_infinity(x_train, l_train)
     files.save_csv(table, per_class)
 
@@ -126,37 +127,30 @@ def report(cfg: dict, tables: str, gain: str | Path, pdf: str | Path, png: str |
     s = cfg["study"]
     figures.style()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    colors = dict(zip(sorted(table.sigma.unique()), plt.cm.viridis([0.1, 0.5, 0.85] if table.sigma.nunique() == 3 else
-                                                                   torch.linspace(0.1, 0.9, table.sigma.nunique()).tolist())))
+    colors = dict(zip(sorted(table.sigma.unique()), plt.cm.viridis(np.linspace(0.1, 0.85, table.sigma.nunique()))))
     axis_rows = {"classes": table[table.scale == s["class_axis_scale"]], "scale": table[table.classes == s["scale_axis_classes"]]}
-    for ax, (axis, rows) in zip(axes[:2], axis_rows.items()):
+    panels = [(axes[0], "classes", "learned_gain"), (axes[1], "scale", "learned_gain"),
+              (axes[2], "classes", "mixture_vs_gaussian_mixture")]
+    for ax, axis, column in panels:
+        rows = axis_rows[axis]
         for sigma, g in rows.groupby("sigma"):
-            by = g.groupby(axis)
-            mean, std = by.learned_gain.mean(), by.learned_gain.std().fillna(0)
-            ax.errorbar(mean.index, mean, yerr=std, color=colors[sigma], marker="o", capsize=3, label=f"σ = {sigma:g}")
-            ax.plot(by.gaussian_gain.mean().index, by.gaussian_gain.mean(), color=colors[sigma], ls="--", marker="x")
+            by = g.groupby(axis)[column]
+            ax.errorbar(by.mean().index, by.mean(), yerr=by.std().fillna(0), color=colors[sigma], marker="o", capsize=3,
+                        label=f"σ = {sigma:g}")
+            if column == "learned_gain":
+                gauss = g.groupby(axis).gaussian_gain.mean()
+                ax.plot(gauss.index, gauss, color=colors[sigma], ls="--", marker="x")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel("training classes" if axis == "classes" else "texture scale (crop covers more texture to the left)")
-        ax.set_ylabel("conditional − mixture PSNR (dB)")
         ax.set_xticks(sorted(rows[axis].unique()), [f"{v:g}" for v in sorted(rows[axis].unique())])
         ax.minorticks_off()
+        ax.set_xlabel("training classes" if axis == "classes" else "texture scale (crop covers more texture to the left)")
+        ax.set_ylabel("conditional − mixture PSNR (dB)" if column == "learned_gain"
+                      else "mixture model − Gaussian mixture (dB)")
     axes[0].set_title(f"gain vs classes (scale {s['class_axis_scale']:g})")
     axes[1].set_title(f"gain vs scale ({s['scale_axis_classes']} classes)")
+    axes[2].set_title(f"learned vs Gaussian mixture (scale {s['class_axis_scale']:g})")
     axes[0].legend(title="solid: learned, dashed: Gaussian", fontsize=7, title_fontsize=7)
-    ax = axes[2]
-    rows = axis_rows["classes"]
-    for sigma, g in rows.groupby("sigma"):
-        by = g.groupby("classes")
-        ax.plot(by.mixture_vs_gaussian_mixture.mean().index, by.mixture_vs_gaussian_mixture.mean(), color=colors[sigma],
-                marker="o", label=f"σ = {sigma:g}")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xticks(sorted(rows.classes.unique()), [f"{v:g}" for v in sorted(rows.classes.unique())])
-    ax.minorticks_off()
-    ax.set_xlabel("training classes")
-    ax.set_ylabel("mixture model − Gaussian mixture (dB)")
-    ax.set_title(f"learned vs Gaussian mixture (scale {s['class_axis_scale']:g})")
     figures.save(fig, pdf, png)
     log.info("study: %d settings x seeds x sigmas\n%s", len(table), table[["setting", "seed", "sigma", "learned_gain",
                                                                          "gaussian_gain", "mixture_vs_gaussian_mixture"]]

@@ -7,6 +7,10 @@ STUDY_DATA_FILES = [f"{stages.STUDY_DATA}/{name}" for name in stages.DATA_FILES]
 STUDY_PSNR_TABLES = expand(stages.STUDY_PSNR, setting=STUDY_SETTINGS, sseed=STUDY_SEEDS)
 
 
+def study_data_dir(wildcards):
+    return stages.STUDY_DATA.format(setting=wildcards.setting)
+
+
 wildcard_constraints:
     setting=stages.SETTING_PATTERN,
     sseed=r"\d+",
@@ -27,7 +31,7 @@ rule study_data:
     params:
         tracked=tracked("study_data"),
         spec=spec("study_data"),
-        args=args(setting=lambda w: w.setting, out=lambda w: stages.STUDY_DATA.format(setting=w.setting)),
+        args=args(setting=lambda w: w.setting, out=study_data_dir),
     log:
         stages.STUDY + "/logs/data.log",
     shell:
@@ -47,7 +51,7 @@ rule study_train:
     params:
         tracked=tracked("study_train"),
         spec=spec("study_train"),
-        args=args(kind=lambda w: w.kind, data=lambda w: stages.STUDY_DATA.format(setting=w.setting),
+        args=args(kind=lambda w: w.kind, data=study_data_dir,
                   state=lambda w: stages.STUDY_RUN.format(setting=w.setting, sseed=w.sseed) + "/.state"),
     log:
         stages.STUDY_RUN + "/logs/train_{kind}.log",
@@ -73,7 +77,7 @@ rule study_eval:
     params:
         tracked=tracked("study_eval"),
         spec=spec("study_eval"),
-        args=args(data=lambda w: stages.STUDY_DATA.format(setting=w.setting)),
+        args=args(data=study_data_dir),
     log:
         stages.STUDY_RUN + "/logs/eval.log",
     threads: 8
