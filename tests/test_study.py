@@ -27,7 +27,7 @@ def study_cfg(tmp_path) -> dict:
     cfg = config.load([ROOT / "params.yaml", ROOT / "config" / "smoke.yaml"])
     cfg["data"].update(folder=str(write_textures(tmp_path / "tex", n_classes=8, size=160)), crop_size=16)
     cfg["study"].update(dataset="folder", classes=[3, 6], class_axis_scale=1.0, scales=[1.0], scale_axis_classes=3,
-                        train_per_class=24, test_per_class=4, steps=12)
+                        train_per_class=24, test_per_class=4, steps=12, lr=0.002)
     cfg["train"].update(batch_size=16, checkpoint_every=6)
     cfg["device"] = "cpu"
     return cfg
@@ -57,6 +57,7 @@ def test_study_chain_reports_the_gain_its_tables_hold(study_cfg, tmp_path):
     assert set(manifests[0]["classes"]) < set(manifests[1]["classes"]), "the class axis draws nested sets"
     trained = files.load_json(tmp_path / "k3_s1/seed0/conditional/config.json")["params"]
     assert trained["train.sigma_max"] == 3.0 and trained["sigmas"] == [0.3, 1.0, 3.0], "the study's noise range"
+    assert trained["train.lr"] == 0.002 != study_cfg["train"]["lr"], "the study's own peak rate, not train.lr"
 
     study.report(stage_cfg(study_cfg, "study_report"), ",".join(tables), tmp_path / "gain.csv",
                  tmp_path / "fig.pdf", tmp_path / "fig.png")

@@ -75,7 +75,7 @@ TRAIN_KEYS = ("seed", "device", "model", "train.batch_size", "train.lr", "train.
               "train.square_share", "train.loss_weight", "train.sigma_data", "train.checkpoint_every",
               "train.eval_every", "train.eval_crops_per_class", "sigmas")
 # The training recipe: what the study's trainings read from `train` (the study sets the rest).
-TRAIN_RECIPE = tuple(k for k in TRAIN_KEYS if k not in ("train.sigma_max", "train.eval_every",
+TRAIN_RECIPE = tuple(k for k in TRAIN_KEYS if k not in ("train.lr", "train.sigma_max", "train.eval_every",
                                                          "train.eval_crops_per_class", "sigmas"))
 
 
@@ -114,8 +114,8 @@ STAGES = {
                                                      "data.test_fraction", "data.dedup_corr", "data.pad_small",
                                                      "study.dataset", "study.min_size", "study.train_per_class",
                                                      "study.test_per_class")),
-    "study_train": Stage("study", "train_setting", (*TRAIN_RECIPE, "study.steps", "study.sigma_max", "study.sigmas",
-                                                     "study.test_per_class")),
+    "study_train": Stage("study", "train_setting", (*TRAIN_RECIPE, "study.steps", "study.sigma_max", "study.lr",
+                                                     "study.sigmas", "study.test_per_class")),
     "study_eval": Stage("study", "evaluate_setting", ("seed", "device", "analysis.batch_size", "study.sigmas")),
     "study_report": Stage("study", "report", ("study",)),
 }

@@ -44,10 +44,11 @@ def setting_data_config(cfg: dict, setting: str) -> dict:
 
 
 def setting_train_config(cfg: dict) -> dict:
-    """The main training recipe, with the study's steps, noise range and evaluation levels."""
+    """The main training recipe, with the study's steps, noise range, peak rate and evaluation levels."""
     out = _plain(cfg)
     s = out.pop("study")
-    out["train"].update(sigma_max=s["sigma_max"], eval_every=s["steps"], eval_crops_per_class=s["test_per_class"],
+    out["train"].update(sigma_max=s["sigma_max"], lr=s["lr"], eval_every=s["steps"],
+                        eval_crops_per_class=s["test_per_class"],
                         mixture={"steps": s["steps"]}, conditional={"steps": s["steps"]})
     out["sigmas"] = s["sigmas"]
     return out
