@@ -71,6 +71,10 @@ RECIPES = {  # name -> overrides; the same crops are seen under every batch size
     "gated-mean + log-uniform + batch 16": recipe("gated_mean", law="log_uniform", batch=16),
     "gated-mean + log-uniform + batch 32 + sigma_max 3": recipe("gated_mean", law="log_uniform", batch=32,
                                                                 sigma_max=3.0),
+    # the study's question (README, "Study"): which peak rate trains 0 A.D. crops up to sigma 3?
+    **{f"gated + mixed 0.5 + batch 32 + sigma_max 3 + lr {lr:g}": recipe("gated", law="mixed", square_share=0.5,
+                                                                          batch=32, sigma_max=3.0, lr=lr)
+       for lr in (3e-4, 1e-3, 3e-3, 1e-2)},
 }
 
 
