@@ -95,3 +95,14 @@ def test_gains_average_over_classes_and_read_setting_and_seed_from_the_path(tmp_
 def test_asking_for_more_classes_than_the_dataset_keeps_names_the_key(study_cfg, tmp_path):
     with pytest.raises(FgsdError, match="study.classes.*keeps 8"):
         study.prepare_setting(stage_cfg(study_cfg, "study_data"), "k20_s1", tmp_path / "data")
+
+
+def test_a_diverging_study_training_names_study_lr(study_cfg, tmp_path):
+    """The study's rate comes from study.lr, so that is the key its training errors tell the user to lower."""
+    study.prepare_setting(stage_cfg(study_cfg, "study_data"), "k3_s1", tmp_path / "data")
+    study_cfg["study"]["lr"] = 1e30
+    out = tmp_path / "model"
+    with pytest.raises(FgsdError, match=r"training mixture diverged: .*lower study\.lr or check the data"):
+        study.train_setting(stage_cfg(study_cfg, "study_train"), "mixture", tmp_path / "data", out / "model.pt",
+                            out / "log.csv", out / "config.json", out / "metrics.json", tmp_path / ".state", device="cpu")
+    assert not (out / "model.pt").exists()

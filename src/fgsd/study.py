@@ -69,7 +69,8 @@ def train_setting(cfg: dict, kind: str, data: str | Path, model: str | Path, tra
     """One of the setting's two models: `train.train` itself, so it resumes after a kill as the main ones do."""
     if kind not in stages.STUDY_KINDS:
         raise FgsdError(f"the study trains {stages.STUDY_KINDS}, not '{kind}'")
-    train.train(setting_train_config(cfg), kind, data, model, train_log, config_json, metrics, state, device)
+    train.train(setting_train_config(cfg), kind, data, model, train_log, config_json, metrics, state, device,
+                lr_key="study.lr")
 
 
 @torch.no_grad()

@@ -71,7 +71,7 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
 USEFUL_GAIN_DB, USEFUL_FROM_SIGMA = 1.0, 0.1
 
 
-def require_useful(scores: dict, sigmas: list[float], kind: str) -> None:
+def require_useful(scores: dict, sigmas: list[float], kind: str, lr_key: str = "train.lr") -> None:
     """A finite but useless model is an error, not a saved model: one that does not improve on
     its noisy input (PSNR -20 log10 sigma) by USEFUL_GAIN_DB at any sigma >= USEFUL_FROM_SIGMA,
     where any denoiser worth the name gains several dB (the trivial one: ~18 dB at sigma 1).
@@ -81,7 +81,7 @@ def require_useful(scores: dict, sigmas: list[float], kind: str) -> None:
         best = max(gain, key=gain.get)
         raise FgsdError(f"training {kind} produced a useless model: at best {gain[best]:+.2f} dB over its noisy "
                         f"input (sigma {best:g}), below {USEFUL_GAIN_DB:g} dB at every sigma >= {USEFUL_FROM_SIGMA:g}; "
-                        "no model was written; lower train.lr or train longer")
+                        f"no model was written; lower {lr_key} or train longer")
 
 
 class HeldOutPSNR:
@@ -115,9 +115,11 @@ class HeldOutPSNR:
 
 
 def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: str | Path, config_json: str | Path,
-          metrics: str | Path, state: str | Path, device: str = "auto", interrupt_after: int | None = None) -> dict:
+          metrics: str | Path, state: str | Path, device: str = "auto", interrupt_after: int | None = None,
+          lr_key: str = "train.lr") -> dict:
     """Train model kind `name`; write the checkpoint, its log, resolved config and final metrics.
-    Resumable state lives in the `state` directory, outside Snakemake's declared outputs."""
+    Resumable state lives in the `state` directory, outside Snakemake's declared outputs. `lr_key`
+    is the params key that set `cfg["train"]["lr"]`, which the errors tell the user to lower."""
     kind = name
     if kind not in stages.MODEL_KINDS:
         raise FgsdError(f"unknown model kind '{kind}': choose one of {stages.MODEL_KINDS}")
@@ -169,7 +171,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                               sigma_min=t["sigma_min"], square_share=t["square_share"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
-        require_finite(loss, kind, step + 1, learning_rate(t, step, steps), "train.lr", keeper.last_good())
+        require_finite(loss, kind, step + 1, learning_rate(t, step, steps), lr_key, keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -194,9 +196,9 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     bad = [name for name, p in final_net.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
         raise FgsdError(f"training {kind} ended with non-finite weights in {bad[:3]}; no model was written "
-                        "(lower train.lr)")
+                        f"(lower {lr_key})")
 
-    require_useful(rows[-1], cfg["sigmas"], kind)
+    require_useful(rows[-1], cfg["sigmas"], kind, lr_key)
     meta = dict(classes=classes, train_classes=sorted({classes[i] for i in labels.tolist()}),
                 image_shape=list(x.shape[1:]))
     checkpoints.save(model, kind, final_net, **meta)
