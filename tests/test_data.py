@@ -332,12 +332,10 @@ def test_ufoai_from_debian(tiny_cfg, tmp_path):
     assert not any(re.search(r"_(nm|sm|gm|rm|hm)$", c) for c in m["classes"])
 
 
-@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
-def test_parallel_data_jobs_fetch_a_game_package_once(tmp_path, monkeypatch):
-    """The study's data jobs run side by side: the first fills the cache, the others wait and read it."""
-    src = sources.GAME_TEXTURES["ufoai"]
-    deb = _fake_game_deb(tmp_path, src, {"textures/tex_nature/grass01.png": b"x"})
-    calls, gate = [], threading.Barrier(3)
+def _fetch_three_at_once(tmp_path, monkeypatch, deb: Path, fetch) -> tuple[list, list]:
+    """Three threads call `fetch` together against an empty cache, with a slow fake download of
+    `deb`: returns the packages downloaded and the paths the three calls returned."""
+    calls, paths, gate = [], [], threading.Barrier(3)
 
     def slow_download(spec, into):
         calls.append(spec)
@@ -345,12 +343,20 @@ def test_parallel_data_jobs_fetch_a_game_package_once(tmp_path, monkeypatch):
         return Path(shutil.copy(deb, into))
     monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "_apt_download", slow_download)
-    paths = []
-    threads = [threading.Thread(target=lambda: (gate.wait(), paths.append(src.cached_zip("ufoai")))) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: (gate.wait(), paths.append(fetch()))) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return calls, paths
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-deb"), reason="needs dpkg-deb (Debian)")
+def test_parallel_data_jobs_fetch_a_game_package_once(tmp_path, monkeypatch):
+    """The study's data jobs run side by side: the first fills the cache, the others wait and read it."""
+    src = sources.GAME_TEXTURES["ufoai"]
+    deb = _fake_game_deb(tmp_path, src, {"textures/tex_nature/grass01.png": b"x"})
+    calls, paths = _fetch_three_at_once(tmp_path, monkeypatch, deb, lambda: src.cached_zip("ufoai"))
     assert calls == ["ufoai-textures=2.5-2"] and len(set(paths)) == 1 and paths[0].is_file()
 
 
@@ -367,18 +373,5 @@ def test_parallel_data_jobs_unpack_fashion_mnist_once(tmp_path, monkeypatch):
                                              "Maintainer: test <t@example.org>\nDescription: fake\n")
     deb = tmp_path / "fake.deb"
     subprocess.run(["dpkg-deb", "--build", "-Znone", str(root), str(deb)], check=True, capture_output=True)
-    calls, gate = [], threading.Barrier(3)
-
-    def slow_download(spec, into):
-        calls.append(spec)
-        time.sleep(0.5)
-        return Path(shutil.copy(deb, into))
-    monkeypatch.setenv("FGSD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(sources, "_apt_download", slow_download)
-    paths = []
-    threads = [threading.Thread(target=lambda: (gate.wait(), paths.append(sources._fashion_dir()))) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    calls, paths = _fetch_three_at_once(tmp_path, monkeypatch, deb, sources._fashion_dir)
     assert calls == [sources.FASHION_DEB] and len(set(paths)) == 1
