@@ -74,7 +74,7 @@ RECIPES = {  # name -> overrides; the same crops are seen under every batch size
     # the study's question (README, "Study"): which peak rate trains 0 A.D. crops up to sigma 3?
     **{f"gated + mixed 0.5 + batch 32 + sigma_max 3 + lr {lr:g}": recipe("gated", law="mixed", square_share=0.5,
                                                                           batch=32, sigma_max=3.0, lr=lr)
-       for lr in (3e-4, 1e-3, 3e-3, 1e-2)},
+       for lr in (3e-4, 1e-3, 3e-3, 5e-3, 1e-2)},
 }
 
 
