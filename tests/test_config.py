@@ -119,8 +119,8 @@ def test_int_accepted_where_float_expected(tmp_path):
 
 def test_every_declared_key_exists_in_params():
     cfg = config.load([BASE])
-    names = {"train": stages.MODEL_KINDS, "sample": stages.SAMPLE_SETS, "figure": stages.FIGURES,
-             "evaluate": stages.EVAL_GROUPS}
+    names = stages.stage_names()
+    assert {s for s, stage in stages.STAGES.items() if stage.named} == set(names), "every named stage lists its names"
     for stage in stages.STAGES:
         for name in names.get(stage, [None]):
             config.select(cfg, stages.stage_keys(stage, name))  # raises KeyError on a key params.yaml lacks

@@ -54,8 +54,7 @@ def split_args(stage: str, args: list[str]) -> tuple[str | None, dict[str, str]]
 
 
 def check_name(stage: str, name: str | None) -> None:
-    valid = {"train": stages.MODEL_KINDS, "sample": stages.SAMPLE_SETS, "figure": stages.FIGURES,
-             "evaluate": stages.EVAL_GROUPS}.get(stage)
+    valid = stages.stage_names().get(stage)
     if valid is not None and name not in valid:
         raise FgsdError(f"unknown {stage} name '{name}': choose one of {list(valid)}")
 

@@ -34,6 +34,18 @@ def _tile(cond: dict, n: int, device) -> dict:
     return {b: v.expand(n, -1).to(device) for b, v in cond.items()}
 
 
+def exemplar_partners(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per test crop, the index of the exemplar the conditional model is given: another crop of its
+    own class, and a crop of a random other class (the wrong conditioning). Labels must be 0..C-1."""
+    _, same = epoch_plan(generator(seed, 20), labels)
+    n_classes = len(torch.unique(labels))
+    shift = torch.randint(1, n_classes, (len(labels),), generator=generator(seed, 21))
+    other = (labels + shift) % n_classes
+    wrong = torch.stack([torch.nonzero(labels == c).flatten()[i % int((labels == c).sum())]
+                         for i, c in enumerate(other.tolist())])
+    return same, wrong
+
+
 @torch.no_grad()
 def psnr_table(denoisers: dict, refs: dict, x: torch.Tensor, labels: torch.Tensor, classes: list[str],
                sigmas: list[float], seed: int, batch_size: int, dev) -> pd.DataFrame:
@@ -77,11 +89,7 @@ def sweep(cfg: dict, mixture: str | Path, conditional: str | Path, single: str |
     cond = models["conditional"]
     x_train, l_train = to_float(train["images"]), torch.from_numpy(train["labels"])
     centroids = class_centroids(cond, x_train, l_train, dev)
-    _, same = epoch_plan(generator(seed, 20), labels)              # another crop of the same class
-    shift = torch.randint(1, len(torch.unique(labels)), (len(labels),), generator=generator(seed, 21))
-    other = (labels + shift) % len(torch.unique(labels))           # a random other class
-    wrong = torch.stack([torch.nonzero(labels == c).flatten()[i % int((labels == c).sum())]
-                         for i, c in enumerate(other.tolist())])
+    same, wrong = exemplar_partners(labels, seed)
     stack = lambda ids: {b: torch.cat([centroids[i][b] for i in ids]).to(dev) for b in cond.match}
     denoisers = {
         ("conditional", "exemplar"): lambda y, i: cond(y, x[same[i]].to(dev)),

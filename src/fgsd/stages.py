@@ -114,8 +114,8 @@ STAGES = {
                                                      "data.test_fraction", "data.dedup_corr", "data.pad_small",
                                                      "study.dataset", "study.min_size", "study.train_per_class",
                                                      "study.test_per_class")),
-    "study_train": Stage("study", "train_setting", (*TRAIN_RECIPE, "study.steps", "study.sigma_max", "study.lr",
-                                                     "study.sigmas", "study.test_per_class")),
+    "study_train": Stage("study", "train_setting", (*TRAIN_RECIPE, "study.steps", "study.sigma_max", "study.sigmas",
+                                                     "study.test_per_class"), named=True),
     "study_eval": Stage("study", "evaluate_setting", ("seed", "device", "analysis.batch_size", "study.sigmas")),
     "study_report": Stage("study", "report", ("study",)),
 }
@@ -301,11 +301,19 @@ FIGURES = {
 }
 
 
+def stage_names() -> dict[str, tuple[str, ...]]:
+    """The names each named stage takes (`python -m fgsd <stage> <name>`)."""
+    return {"train": MODEL_KINDS, "study_train": STUDY_KINDS, "sample": tuple(SAMPLE_SETS), "figure": tuple(FIGURES),
+            "evaluate": EVAL_GROUPS}
+
+
 def stage_keys(stage: str, name: str | None = None) -> list[str]:
     """The params keys that `stage` (for model kind, sample set or figure `name`) reads."""
     keys = list(STAGES[stage].keys)
     if stage == "train":
         keys.append(f"train.{name}")
+    elif stage == "study_train":
+        keys.append(f"study.lr.{name}")  # each kind its own rate: changing one re-trains only that kind
     elif stage == "sample":
         keys += [k if "." in k else f"sampling.{k}" for k in SAMPLE_SETS[name].keys]
     elif stage == "figure":

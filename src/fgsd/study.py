@@ -3,7 +3,9 @@
 One setting is a number of training classes and a crop scale (`stages.study_settings`). Each gets
 its own data (a nested seeded draw of classes from `study.dataset`, no held-out classes), a
 mixture and a conditional model trained with the main recipe for `study.steps` steps up to
-`study.sigma_max`, and a PSNR table at `study.sigmas` beside the three reference denoisers. The
+`study.sigma_max`, each at its own peak rate `study.lr.<kind>`, and a PSNR table at
+`study.sigmas` beside the three reference denoisers (and the conditional model given a
+wrong-class exemplar, to tell whether it uses its exemplar at all). The
 report reads conditional − mixture against the Gaussian references' class worth
 (gaussian-class − gaussian-mixture), the gain a denoiser that knew the class exactly would get if
 the classes were stationary Gaussians, and G∞, its σ → ∞ limit.
@@ -21,13 +23,18 @@ import pandas as pd
 import torch
 
 from . import checkpoints, figures, files, network, references, stages, train
-from .analysis import psnr_table
-from .data import epoch_plan, load_split, prepare
+from .analysis import exemplar_partners, psnr_table
+from .data import load_split, prepare
 from .errors import FgsdError
 from .figures import plt  # pyplot behind figures' non-interactive backend
-from .runtime import generator, resolve_device, to_float
+from .runtime import resolve_device, to_float
 
 log = logging.getLogger("fgsd")
+
+IGNORED_EXEMPLAR_DB = 0.1  # below this wrong-exemplar cost at every sigma, a conditional model ignores its exemplar
+YLABELS = {"learned_gain": "conditional − mixture PSNR (dB)",
+           "mixture_vs_gaussian_mixture": "mixture model − Gaussian mixture (dB)",
+           "wrong_exemplar_cost": "right − wrong-class exemplar (dB)"}
 
 
 def _plain(cfg: dict) -> dict:
@@ -43,11 +50,12 @@ def setting_data_config(cfg: dict, setting: str) -> dict:
     return {"seed": cfg["seed"], "data": d}
 
 
-def setting_train_config(cfg: dict) -> dict:
-    """The main training recipe, with the study's steps, noise range, peak rate and evaluation levels."""
+def setting_train_config(cfg: dict, kind: str) -> dict:
+    """The main training recipe, with the study's steps, noise range, evaluation levels and the peak
+    rate of model `kind` (`study.lr.<kind>`: README, "Which learning rate")."""
     out = _plain(cfg)
     s = out.pop("study")
-    out["train"].update(sigma_max=s["sigma_max"], lr=s["lr"], eval_every=s["steps"],
+    out["train"].update(sigma_max=s["sigma_max"], lr=s["lr"][kind], eval_every=s["steps"],
                         eval_crops_per_class=s["test_per_class"],
                         mixture={"steps": s["steps"]}, conditional={"steps": s["steps"]})
     out["sigmas"] = s["sigmas"]
@@ -64,21 +72,23 @@ def prepare_setting(cfg: dict, setting: str, out: str | Path) -> None:
                         f"(study.min_size={cfg['study']['min_size']}, data.dedup_corr): lower the count")
 
 
-def train_setting(cfg: dict, kind: str, data: str | Path, model: str | Path, train_log: str | Path,
+def train_setting(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: str | Path,
                   config_json: str | Path, metrics: str | Path, state: str | Path, device: str = "auto") -> None:
-    """One of the setting's two models: `train.train` itself, so it resumes after a kill as the main ones do."""
-    if kind not in stages.STUDY_KINDS:
-        raise FgsdError(f"the study trains {stages.STUDY_KINDS}, not '{kind}'")
-    train.train(setting_train_config(cfg), kind, data, model, train_log, config_json, metrics, state, device,
-                lr_key="study.lr")
+    """One of the setting's two models (`name`: mixture or conditional): `train.train` itself, so it
+    resumes after a kill as the main ones do."""
+    if name not in stages.STUDY_KINDS:
+        raise FgsdError(f"the study trains {stages.STUDY_KINDS}, not '{name}'")
+    train.train(setting_train_config(cfg, name), name, data, model, train_log, config_json, metrics, state, device,
+                lr_key=f"study.lr.{name}")
 
 
 @torch.no_grad()
 def evaluate_setting(cfg: dict, data: str | Path, mixture: str | Path, conditional: str | Path, table: str | Path,
                      device: str = "auto") -> None:
     """Per class and sigma: mean output PSNR of the two models (the conditional one given another
-    test crop of the same class, as the main sweep's headline) and of the references, on the same
-    noise for every training seed; G∞ of the setting's training crops as a column."""
+    test crop of the same class, as the main sweep's headline, and a crop of another class: does it
+    use its exemplar at all?) and of the references, on the same noise for every training seed; G∞
+    of the setting's training crops as a column."""
     dev, seed = resolve_device(device), cfg["seed"]
     test, train_split = load_split(data, "test"), load_split(data, "train")
     classes = [str(c) for c in test["classes"]]
@@ -86,8 +96,9 @@ def evaluate_setting(cfg: dict, data: str | Path, mixture: str | Path, condition
     x_train, l_train = to_float(train_split["images"]), torch.from_numpy(train_split["labels"])
     mix = checkpoints.load(mixture, network.UNet, ("mixture",), dev)[0]
     cond = checkpoints.load(conditional, network.UNet, ("conditional",), dev)[0]
-    _, same = epoch_plan(generator(seed, 20), labels)
+    same, wrong = exemplar_partners(labels, seed)
     denoisers = {("conditional", "exemplar"): lambda y, i: cond(y, x[same[i]].to(dev)),
+                 ("conditional", "wrong"): lambda y, i: cond(y, x[wrong[i]].to(dev)),
                  ("mixture", "none"): lambda y, i: mix(y)}
     refs = references.reference_denoisers(references.StationaryGaussians(x_train, l_train), labels)
     rows = psnr_table(denoisers, refs, x, labels, classes, cfg["study"]["sigmas"], seed, cfg["analysis"]["batch_size"],
@@ -101,38 +112,56 @@ def evaluate_setting(cfg: dict, data: str | Path, mixture: str | Path, condition
 
 def gains(tables: list[str]) -> pd.DataFrame:
     """One row per setting, seed and sigma: every denoiser's mean output PSNR over the test crops
-    (classes weigh equally), the learned and the Gaussian class worth, and the smallest and median
-    per-class learned gain."""
+    (classes weigh equally), the learned and the Gaussian class worth, the smallest and median
+    per-class learned gain, and what a wrong-class exemplar costs the conditional model (NaN for a
+    table written before that row existed)."""
     rows = []
     for path in tables:
         setting, seed = Path(path).parent.parent.name, int(Path(path).parent.name.removeprefix("seed"))
         k, scale = stages.parse_setting(setting)
         t = files.load_csv(path)
         for sigma, g in t.groupby("sigma"):
-            cls = g.pivot_table(index="cls", columns="model", values="output_psnr")
+            wrong = g.conditioning == "wrong"
+            cls = g[~wrong].pivot_table(index="cls", columns="model", values="output_psnr")
             learned = cls["conditional"] - cls["mixture"]
             mean = cls.mean()
+            cost = cls["conditional"] - g[wrong].set_index("cls").output_psnr if wrong.any() else learned * np.nan
             rows.append(dict(setting=setting, classes=k, scale=scale, seed=seed, sigma=sigma,
                              input_psnr=float(g.input_psnr.mean()), **{m: float(v) for m, v in mean.items()},
                              learned_gain=float(learned.mean()), learned_gain_min=float(learned.min()),
                              learned_gain_median=float(learned.median()),
+                             wrong_exemplar_cost=float(cost.mean()),
                              gaussian_gain=float(mean["gaussian-class"] - mean["gaussian-mixture"]),
                              mixture_vs_gaussian_mixture=float(mean["mixture"] - mean["gaussian-mixture"]),
                              g_infinity_db=float(g.g_infinity_db.iloc[0])))
     return pd.DataFrame(rows).sort_values(["classes", "scale", "seed", "sigma"]).reset_index(drop=True)
 
 
+def flag_ignored_exemplars(table: pd.DataFrame) -> pd.DataFrame:
+    """Mark each setting and seed whose conditional model ignores its exemplar: a wrong-class one
+    costs it less than IGNORED_EXEMPLAR_DB at every sigma. Its gain over the mixture model, if
+    any, then comes from training, not from the class (README, "Which learning rate"); a warning
+    names them."""
+    worst = table.groupby(["setting", "seed"]).wrong_exemplar_cost.transform("max")
+    out = table.assign(ignores_exemplar=worst < IGNORED_EXEMPLAR_DB)
+    for (setting, seed), g in out[out.ignores_exemplar].groupby(["setting", "seed"]):
+        log.warning("study: the conditional model of %s seed %d ignores its exemplar (a wrong-class exemplar costs "
+                    "at most %.3f dB): its learned gain is not the class's", setting, seed, g.wrong_exemplar_cost.max())
+    return out
+
+
 def report(cfg: dict, tables: str, gain: str | Path, pdf: str | Path, png: str | Path) -> None:
-    """The study's table (`gain`) and figure: the gain against the number of classes and against the scale."""
-    table = gains(tables.split(","))
+    """The study's table (`gain`) and figure: the gain against the number of classes and against the
+    scale, the mixture model against the Gaussian mixture, and the wrong-exemplar cost."""
+    table = flag_ignored_exemplars(gains(tables.split(",")))
     files.save_csv(gain, table)
     s = cfg["study"]
     figures.style()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8), layout="constrained")
     colors = dict(zip(sorted(table.sigma.unique()), plt.cm.viridis(np.linspace(0.1, 0.85, table.sigma.nunique()))))
     axis_rows = {"classes": table[table.scale == s["class_axis_scale"]], "scale": table[table.classes == s["scale_axis_classes"]]}
     panels = [(axes[0], "classes", "learned_gain"), (axes[1], "scale", "learned_gain"),
-              (axes[2], "classes", "mixture_vs_gaussian_mixture")]
+              (axes[2], "classes", "mixture_vs_gaussian_mixture"), (axes[3], "classes", "wrong_exemplar_cost")]
     for ax, axis, column in panels:
         rows = axis_rows[axis]
         for sigma, g in rows.groupby("sigma"):
@@ -147,13 +176,14 @@ def report(cfg: dict, tables: str, gain: str | Path, pdf: str | Path, png: str |
         ax.set_xticks(sorted(rows[axis].unique()), [f"{v:g}" for v in sorted(rows[axis].unique())])
         ax.minorticks_off()
         ax.set_xlabel("training classes" if axis == "classes" else "texture scale (crop covers more texture to the left)")
-        ax.set_ylabel("conditional − mixture PSNR (dB)" if column == "learned_gain"
-                      else "mixture model − Gaussian mixture (dB)")
+        ax.set_ylabel(YLABELS[column])
     axes[0].set_title(f"gain vs classes (scale {s['class_axis_scale']:g})")
     axes[1].set_title(f"gain vs scale ({s['scale_axis_classes']} classes)")
     axes[2].set_title(f"learned vs Gaussian mixture (scale {s['class_axis_scale']:g})")
+    axes[3].set_title(f"does it use the exemplar? (scale {s['class_axis_scale']:g})")
     axes[0].legend(title="solid: learned, dashed: Gaussian", fontsize=7, title_fontsize=7)
     figures.save(fig, pdf, png)
     log.info("study: %d settings x seeds x sigmas\n%s", len(table), table[["setting", "seed", "sigma", "learned_gain",
-                                                                         "gaussian_gain", "mixture_vs_gaussian_mixture"]]
+                                                                         "gaussian_gain", "mixture_vs_gaussian_mixture",
+                                                                         "wrong_exemplar_cost"]]
              .to_string(index=False, float_format="%.2f"))

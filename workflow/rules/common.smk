@@ -16,7 +16,7 @@ FIGURES = list(stages.FIGURES)
 GPU = int(config["device"] == "cuda")  # rules that run a network ask a cluster for a GPU under device: cuda
 DATA = f"results/data/{config['data']['dataset']}"
 DATA_FILES = [f"{DATA}/{name}" for name in stages.DATA_FILES]
-NAME = {"train": "kind", "sample": "sample_set", "evaluate": "group", "figure": "name"}  # a stage's name wildcard
+NAME = {"train": "kind", "study_train": "kind", "sample": "sample_set", "evaluate": "group", "figure": "name"}  # a stage's name wildcard
 
 
 wildcard_constraints:

@@ -51,7 +51,7 @@ rule study_train:
     params:
         tracked=tracked("study_train"),
         spec=spec("study_train"),
-        args=args(kind=lambda w: w.kind, data=study_data_dir,
+        args=args(data=study_data_dir,
                   state=lambda w: stages.STUDY_RUN.format(setting=w.setting, sseed=w.sseed) + "/.state"),
     log:
         stages.STUDY_RUN + "/logs/train_{kind}.log",
@@ -63,7 +63,7 @@ rule study_train:
         mem_mb=4000,
         runtime=120,
     shell:
-        "python -m fgsd study_train {params.args} --seed {wildcards.sseed} --log {log} --provenance {output.prov}"
+        "python -m fgsd study_train {wildcards.kind} {params.args} --seed {wildcards.sseed} --log {log} --provenance {output.prov}"
 
 
 rule study_eval:
