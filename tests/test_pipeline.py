@@ -264,7 +264,7 @@ def test_dvc_repro_runs_the_same_stages(tmp_path):
     run([sys.executable, "-m", "fgsd.dvcgen"], repo)  # dvc.yaml's replicate stages follow the params' seeds
     run(["git", "init", "-q"], repo)
     out = run(["dvc", "repro", *DVC_TARGETS], repo).stdout
-    for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_single", "sweep",
+    for stage in ("data", "train_mixture", "train_conditional", "train_single", "centroids_conditional", "sweep",
                   "density", "separation", "figure_fig5_density_distance", "sample_nfe", "classifier",
                   "evaluate_nfe", "sample_conditional", "evaluate_conditional", "figure_fig6_samples"):
         assert f"Running stage '{stage}'" in out

@@ -78,9 +78,13 @@ def test_outputs_and_log(prepared):
     final = train_into(cfg, "conditional", tmp / "data", tmp / "m", tmp / "s")
     log = pd.read_csv(tmp / "m" / "train_log.csv")
     assert list(log["step"]) == [6, 12]
-    assert {"step", "epoch", "lr", "train_loss", "psnr_mean", "psnr@1"} <= set(log.columns)
+    assert {"step", "epoch", "lr", "train_loss", "psnr_mean", "psnr@1", "wrong@1"} <= set(log.columns)
     assert np.isfinite(log["train_loss"]).all()
     assert final["psnr_mean"] == pytest.approx(log["psnr_mean"].iloc[-1], abs=1e-3)  # CSV keeps 6 digits
+    psnr = [c for c in log.columns if c.startswith("psnr@")]
+    assert log["psnr_mean"].iloc[-1] == pytest.approx(log[psnr].iloc[-1].mean(), abs=1e-4), "wrong@ is not in the mean"
+    cost = files.load_json(tmp / "m" / "metrics.json")["wrong_exemplar_cost_db"]
+    assert cost["1"] == pytest.approx(log["psnr@1"].iloc[-1] - log["wrong@1"].iloc[-1], abs=1e-4)
     c = files.load_json(tmp / "m" / "config.json")
     assert c["kind"] == "conditional" and c["params"]["train.conditional"]["steps"] == 12
     model, meta = checkpoints.load(tmp / "m" / "model.pt", network.UNet, ("conditional",))
@@ -98,6 +102,29 @@ def test_conditioners_are_other_crops_of_the_same_class():
     _, p0 = data.epoch_plan(generator(0, 1, 0), labels)
     _, p1 = data.epoch_plan(generator(0, 1, 1), labels)
     assert not torch.equal(p0, p1), "pairs are re-drawn every epoch"
+
+
+def test_wrong_conditioners_are_crops_of_another_class():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    for stream in range(5):
+        wrong = data.other_class_partner(generator(0, 3, stream), labels)
+        assert (labels[wrong] != labels).all()
+    gappy = torch.tensor([2, 2, 7, 7, 9])  # labels of a subset of the classes
+    assert (gappy[data.other_class_partner(generator(0, 3), gappy)] != gappy).all()
+    drawn = torch.stack([labels[data.other_class_partner(generator(0, 4, i), labels)] for i in range(200)])
+    assert set(drawn[:, 0].tolist()) == {1, 2}, "every other class can be drawn"
+
+
+def test_a_conditional_model_that_ignores_its_exemplar_is_warned_about(caplog):
+    sigmas = [0.3, 1.0]
+    used = {"psnr@0.3": 25.0, "wrong@0.3": 25.0, "psnr@1": 20.0, "wrong@1": 19.0}  # uses it at high noise only
+    ignored = {"psnr@0.3": 25.0, "wrong@0.3": 25.0, "psnr@1": 20.0, "wrong@1": 19.95}
+    assert train.wrong_exemplar_cost(used, sigmas) == pytest.approx({"0.3": 0.0, "1": 1.0})
+    assert train.wrong_exemplar_cost({"psnr@1": 20.0}, [1.0]) == {}, "no wrong@ columns: not a conditional model"
+    train.warn_if_exemplar_ignored(train.wrong_exemplar_cost(used, sigmas), "conditional")
+    assert "ignores its exemplar" not in caplog.text
+    train.warn_if_exemplar_ignored(train.wrong_exemplar_cost(ignored, sigmas), "conditional")
+    assert "the conditional model ignores its exemplar" in caplog.text
 
 
 def test_single_class_model_trains_on_y0_only(prepared):

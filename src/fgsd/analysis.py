@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from . import checkpoints, files, kl, network, references
-from .data import epoch_plan, load_split
+from .data import epoch_plan, load_split, other_class_partner
 from .denoisers import class_centroid, unet
 from .runtime import generator, resolve_device, to_float
 
@@ -36,14 +36,9 @@ def _tile(cond: dict, n: int, device) -> dict:
 
 def exemplar_partners(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per test crop, the index of the exemplar the conditional model is given: another crop of its
-    own class, and a crop of a random other class (the wrong conditioning). Labels must be 0..C-1."""
+    own class, and a crop of a random other class (the wrong conditioning)."""
     _, same = epoch_plan(generator(seed, 20), labels)
-    n_classes = len(torch.unique(labels))
-    shift = torch.randint(1, n_classes, (len(labels),), generator=generator(seed, 21))
-    other = (labels + shift) % n_classes
-    wrong = torch.stack([torch.nonzero(labels == c).flatten()[i % int((labels == c).sum())]
-                         for i, c in enumerate(other.tolist())])
-    return same, wrong
+    return same, other_class_partner(generator(seed, 21), labels)
 
 
 @torch.no_grad()

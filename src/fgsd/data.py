@@ -229,6 +229,16 @@ def labelled_crops(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torc
     return to_float(x), torch.from_numpy(y), [str(c) for c in part["classes"]]
 
 
+def other_class_partner(g: torch.Generator, labels: torch.Tensor) -> torch.Tensor:
+    """Per crop, the index of a crop of a random other class: the wrong conditioner, which costs a
+    conditional model that uses its class (and costs nothing to one whose features collapsed)."""
+    classes = torch.unique(labels)
+    position = torch.searchsorted(classes, labels)
+    other = classes[(position + torch.randint(1, len(classes), (len(labels),), generator=g)) % len(classes)]
+    return torch.stack([torch.nonzero(labels == c).flatten()[i % int((labels == c).sum())]
+                        for i, c in enumerate(other.tolist())])
+
+
 def epoch_plan(g: torch.Generator, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch order of an epoch, and each crop's conditioner: the next crop of its class in a
     random cycle, so a crop is never its own conditioner (unless its class has one crop)."""

@@ -31,7 +31,6 @@ from .runtime import resolve_device, to_float
 
 log = logging.getLogger("fgsd")
 
-IGNORED_EXEMPLAR_DB = 0.1  # below this wrong-exemplar cost at every sigma, a conditional model ignores its exemplar
 YLABELS = {"learned_gain": "conditional − mixture PSNR (dB)",
            "mixture_vs_gaussian_mixture": "mixture model − Gaussian mixture (dB)",
            "wrong_exemplar_cost": "right − wrong-class exemplar (dB)"}
@@ -139,11 +138,11 @@ def gains(tables: list[str]) -> pd.DataFrame:
 
 def flag_ignored_exemplars(table: pd.DataFrame) -> pd.DataFrame:
     """Mark each setting and seed whose conditional model ignores its exemplar: a wrong-class one
-    costs it less than IGNORED_EXEMPLAR_DB at every sigma. Its gain over the mixture model, if
+    costs it less than `train.IGNORED_EXEMPLAR_DB` at every sigma. Its gain over the mixture model, if
     any, then comes from training, not from the class (README, "Which learning rate"); a warning
     names them."""
     worst = table.groupby(["setting", "seed"]).wrong_exemplar_cost.transform("max")
-    out = table.assign(ignores_exemplar=worst < IGNORED_EXEMPLAR_DB)
+    out = table.assign(ignores_exemplar=worst < train.IGNORED_EXEMPLAR_DB)
     for (setting, seed), g in out[out.ignores_exemplar].groupby(["setting", "seed"]):
         log.warning("study: the conditional model of %s seed %d ignores its exemplar (a wrong-class exemplar costs "
                     "at most %.3f dB): its learned gain is not the class's", setting, seed, g.wrong_exemplar_cost.max())

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoints, config, files, network, stages
-from .data import epoch_plan, load_split
+from .data import epoch_plan, load_split, other_class_partner
 from .denoisers import denoising_loss
 from .errors import FgsdError
 from .runtime import generator, require_finite, resolve_device, to_float
@@ -84,8 +84,26 @@ def require_useful(scores: dict, sigmas: list[float], kind: str, lr_key: str = "
                         f"no model was written; lower {lr_key} or train longer")
 
 
+IGNORED_EXEMPLAR_DB = 0.1  # a wrong-class exemplar costing less than this at every sigma: the exemplar is ignored
+
+
+def wrong_exemplar_cost(scores: dict, sigmas: list[float]) -> dict[str, float]:
+    """What a wrong-class exemplar costs the conditional model at each sigma (dB; empty for the
+    other kinds). About 0 at every sigma: its matched features collapsed to a constant and it
+    ignores its class (README, "Study"), which no PSNR of its own shows."""
+    return {f"{s:.4g}": scores[f"psnr@{s:.4g}"] - scores[f"wrong@{s:.4g}"] for s in sigmas if f"wrong@{s:.4g}" in scores}
+
+
+def warn_if_exemplar_ignored(cost: dict[str, float], kind: str) -> None:
+    if cost and max(cost.values()) < IGNORED_EXEMPLAR_DB:
+        log.warning("the %s model ignores its exemplar: a wrong-class one costs it at most %.3f dB at any sigma "
+                    "(below %g dB); its features collapsed, so it is a blind denoiser with extra inputs",
+                    kind, max(cost.values()), IGNORED_EXEMPLAR_DB)
+
+
 class HeldOutPSNR:
-    """Test PSNR per sigma on fixed crops, noise and (for the conditional model) conditioners."""
+    """Test PSNR per sigma on fixed crops, noise and (for the conditional model) conditioners; for
+    the conditional model also `wrong@sigma`, the PSNR given a crop of another class instead."""
 
     def __init__(self, test: dict, sigmas: list[float], per_class: int, seed: int, device):
         labels = torch.from_numpy(test["labels"])
@@ -94,23 +112,29 @@ class HeldOutPSNR:
         self.clean = to_float(test["images"])[keep]
         self.labels = labels[keep]
         _, self.partner = epoch_plan(generator(seed, 2, 1), self.labels)
+        several = len(torch.unique(self.labels)) > 1
+        self.wrong = other_class_partner(generator(seed, 2, 2), self.labels) if several else None
         self.noise = torch.randn((len(sigmas),) + self.clean.shape, generator=g)
         self.sigmas, self.device = sigmas, device
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, float]:
         model.eval()
+        conditioners = {"psnr": self.partner} if model.match else {"psnr": None}
+        if model.match and self.wrong is not None:
+            conditioners["wrong"] = self.wrong
         out = {}
-        for s, z in zip(self.sigmas, self.noise):
-            vals = []
-            for i in range(0, len(self.clean), 256):
-                clean = self.clean[i:i + 256].to(self.device)
-                noisy = clean + s * z[i:i + 256].to(self.device)
-                cond = self.clean[self.partner[i:i + 256]].to(self.device) if model.match else None
-                vals.append(network.psnr(model(noisy, cond), clean).cpu())
-            out[f"psnr@{s:.4g}"] = float(torch.cat(vals).mean())
+        for name, partner in conditioners.items():
+            for s, z in zip(self.sigmas, self.noise):
+                vals = []
+                for i in range(0, len(self.clean), 256):
+                    clean = self.clean[i:i + 256].to(self.device)
+                    noisy = clean + s * z[i:i + 256].to(self.device)
+                    cond = self.clean[partner[i:i + 256]].to(self.device) if partner is not None else None
+                    vals.append(network.psnr(model(noisy, cond), clean).cpu())
+                out[f"{name}@{s:.4g}"] = float(torch.cat(vals).mean())
         model.train()
-        out["psnr_mean"] = float(np.mean(list(out.values())))
+        out["psnr_mean"] = float(np.mean([v for k, v in out.items() if k.startswith("psnr@")]))
         return out
 
 
@@ -199,6 +223,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                         f"(lower {lr_key})")
 
     require_useful(rows[-1], cfg["sigmas"], kind, lr_key)
+    cost = wrong_exemplar_cost(rows[-1], cfg["sigmas"])
+    warn_if_exemplar_ignored(cost, kind)
     meta = dict(classes=classes, train_classes=sorted({classes[i] for i in labels.tolist()}),
                 image_shape=list(x.shape[1:]))
     checkpoints.save(model, kind, final_net, **meta)
@@ -208,6 +234,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
                                       n_params=network.n_params(net), data_sha256=manifest["sha256"],
                                       steps_per_epoch=per_epoch))
     files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
-                                  test_psnr=final, n_test=len(test_psnr.clean)))
+                                  test_psnr=final, n_test=len(test_psnr.clean),
+                                  **({"wrong_exemplar_cost_db": cost} if cost else {})))
     keeper.done()
     return final
