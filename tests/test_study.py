@@ -60,6 +60,8 @@ def test_study_chain_reports_the_gain_its_tables_hold(study_cfg, tmp_path):
     assert trained["conditional"]["train.sigma_max"] == 3.0 and trained["conditional"]["sigmas"] == [0.3, 1.0, 3.0]
     assert study_cfg["train"]["lr"] not in (0.002, 0.003), "the fixture must tell the study's rates from train.lr"
     assert {k: t["train.lr"] for k, t in trained.items()} == study_cfg["study"]["lr"], "each kind's own study rate"
+    assert study_cfg["study"]["match"] != study_cfg["model"]["match"], "the fixture must tell the two apart"
+    assert trained["conditional"]["model"]["match"] == study_cfg["study"]["match"], "the study's matched blocks"
 
     study.report(stage_cfg(study_cfg, "study_report"), ",".join(tables), tmp_path / "gain.csv",
                  tmp_path / "fig.pdf", tmp_path / "fig.png")

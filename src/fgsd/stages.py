@@ -312,8 +312,8 @@ def stage_keys(stage: str, name: str | None = None) -> list[str]:
     keys = list(STAGES[stage].keys)
     if stage == "train":
         keys.append(f"train.{name}")
-    elif stage == "study_train":
-        keys.append(f"study.lr.{name}")  # each kind its own rate: changing one re-trains only that kind
+    elif stage == "study_train":  # each kind its own rate (and the conditional one its matched blocks)
+        keys += [f"study.lr.{name}", *(["study.match"] if name == "conditional" else [])]
     elif stage == "sample":
         keys += [k if "." in k else f"sampling.{k}" for k in SAMPLE_SETS[name].keys]
     elif stage == "figure":

@@ -3,7 +3,8 @@
 One setting is a number of training classes and a crop scale (`stages.study_settings`). Each gets
 its own data (a nested seeded draw of classes from `study.dataset`, no held-out classes), a
 mixture and a conditional model trained with the main recipe for `study.steps` steps up to
-`study.sigma_max`, each at its own peak rate `study.lr.<kind>`, and a PSNR table at
+`study.sigma_max`, each at its own peak rate `study.lr.<kind>` (the conditional one matching
+the blocks `study.match`), and a PSNR table at
 `study.sigmas` beside the three reference denoisers (and the conditional model given a
 wrong-class exemplar, to tell whether it uses its exemplar at all). The
 report reads conditional − mixture against the Gaussian references' class worth
@@ -50,10 +51,13 @@ def setting_data_config(cfg: dict, setting: str) -> dict:
 
 
 def setting_train_config(cfg: dict, kind: str) -> dict:
-    """The main training recipe, with the study's steps, noise range, evaluation levels and the peak
-    rate of model `kind` (`study.lr.<kind>`: README, "Which learning rate")."""
+    """The main training recipe, with the study's steps, noise range, evaluation levels, the peak
+    rate of model `kind` (`study.lr.<kind>`: README, "Which learning rate") and, for the
+    conditional model, its matched blocks (`study.match`)."""
     out = _plain(cfg)
     s = out.pop("study")
+    if kind == "conditional":
+        out["model"]["match"] = s["match"]
     out["train"].update(sigma_max=s["sigma_max"], lr=s["lr"][kind], eval_every=s["steps"],
                         eval_crops_per_class=s["test_per_class"],
                         mixture={"steps": s["steps"]}, conditional={"steps": s["steps"]})
