@@ -4,10 +4,9 @@ One setting is a number of training classes and a crop scale (`stages.study_sett
 its own data (a nested seeded draw of classes from `study.dataset`, no held-out classes), a
 mixture and a conditional model trained with the main recipe for `study.steps` steps up to
 `study.sigma_max`, each at its own peak rate `study.lr.<kind>` (the conditional one matching
-the blocks `study.match`), and a PSNR table at
-`study.sigmas` beside the three reference denoisers (and the conditional model given a
-wrong-class exemplar, to tell whether it uses its exemplar at all). The
-report reads conditional − mixture against the Gaussian references' class worth
+the blocks `study.match`), and a PSNR table at `study.sigmas` beside the three reference
+denoisers (and the conditional model given a wrong-class exemplar, to tell whether it uses its
+exemplar at all). The report reads conditional − mixture against the Gaussian references' class worth
 (gaussian-class − gaussian-mixture), the gain a denoiser that knew the class exactly would get if
 the classes were stationary Gaussians, and G∞, its σ → ∞ limit.
 
@@ -145,8 +144,8 @@ def flag_ignored_exemplars(table: pd.DataFrame) -> pd.DataFrame:
     costs it less than `train.IGNORED_EXEMPLAR_DB` at every sigma. Its gain over the mixture model, if
     any, then comes from training, not from the class (README, "Which learning rate"); a warning
     names them."""
-    worst = table.groupby(["setting", "seed"]).wrong_exemplar_cost.transform("max")
-    out = table.assign(ignores_exemplar=worst < train.IGNORED_EXEMPLAR_DB)
+    largest_cost = table.groupby(["setting", "seed"]).wrong_exemplar_cost.transform("max")
+    out = table.assign(ignores_exemplar=largest_cost < train.IGNORED_EXEMPLAR_DB)
     for (setting, seed), g in out[out.ignores_exemplar].groupby(["setting", "seed"]):
         log.warning("study: the conditional model of %s seed %d ignores its exemplar (a wrong-class exemplar costs "
                     "at most %.3f dB): its learned gain is not the class's", setting, seed, g.wrong_exemplar_cost.max())
