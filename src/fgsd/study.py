@@ -6,9 +6,9 @@ mixture and a conditional model trained with the main recipe for `study.steps` s
 `study.sigma_max`, each at its own peak rate `study.lr.<kind>` (the conditional one matching
 the blocks `study.match`), and a PSNR table at `study.sigmas` beside the three reference
 denoisers (and the conditional model given a wrong-class exemplar, to tell whether it uses its
-exemplar at all). The report reads conditional − mixture against the Gaussian references' class worth
-(gaussian-class − gaussian-mixture), the gain a denoiser that knew the class exactly would get if
-the classes were stationary Gaussians, and G∞, its σ → ∞ limit.
+exemplar at all). The report reads conditional − mixture against the Gaussian references' class
+worth (gaussian-class − gaussian-mixture), the gain a denoiser that knew the class exactly would
+get if the classes were stationary Gaussians, and G∞, its σ → ∞ limit.
 
 Run with `snakemake --cores all study` (README, "Study"); not part of the main job.
 """

@@ -120,8 +120,8 @@ class HeldOutPSNR:
     @torch.no_grad()
     def __call__(self, model) -> dict[str, float]:
         model.eval()
-        conditioners = {"psnr": self.partner} if model.match else {"psnr": None}
-        if model.match and self.wrong is not None:
+        conditioners = {"psnr": self.partner if model.match else None}
+        if model.match and self.wrong is not None:  # a conditional model on two or more classes
             conditioners["wrong"] = self.wrong
         out = {}
         for name, partner in conditioners.items():
