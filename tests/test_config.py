@@ -128,6 +128,21 @@ def test_every_declared_key_exists_in_params():
         assert f"train.{kind}" in config.select(cfg, stages.stage_keys("train", kind))
 
 
+def test_matched_blocks_reach_only_the_conditional_training(tmp_path):
+    """Trying another `model.match` must not retrain the mixture and single-class models (their
+    weights do not depend on it), and must retrain the conditional one."""
+    from fgsd import network
+    base = config.load([BASE])
+    other = config.load([BASE, _overlay(tmp_path, "model:\n  match:\n  - mid\n  - dec3\n")])
+    for kind in stages.MODEL_KINDS:
+        keys = stages.stage_keys("train", kind)
+        changed = config.digest(config.select(base, keys)) != config.digest(config.select(other, keys))
+        assert changed == (kind == "conditional"), kind
+        cfg = config.restrict(other, keys, f"stage 'train {kind}'")  # reading an undeclared key raises
+        net = network.build(cfg["model"], channels=1, conditional=kind == "conditional")
+        assert net.match == (("mid", "dec3") if kind == "conditional" else ())
+
+
 def test_a_stage_sees_only_the_keys_it_declares():
     """What keeps provenance, Snakemake's params trigger and dvc.yaml honest: a stage that reads a
     key it does not declare stops with the key's name (Figs 6 and 9 once read undeclared keys)."""

@@ -61,7 +61,8 @@ def test_study_chain_reports_the_gain_its_tables_hold(study_cfg, tmp_path):
     assert study_cfg["train"]["lr"] not in (0.002, 0.003), "the fixture must tell the study's rates from train.lr"
     assert {k: t["train.lr"] for k, t in trained.items()} == study_cfg["study"]["lr"], "each kind's own study rate"
     assert study_cfg["study"]["match"] != study_cfg["model"]["match"], "the fixture must tell the two apart"
-    assert trained["conditional"]["model"]["match"] == study_cfg["study"]["match"], "the study's matched blocks"
+    assert trained["conditional"]["model.match"] == study_cfg["study"]["match"], "the study's matched blocks"
+    assert "model.match" not in trained["mixture"], "the mixture model does not depend on the matched blocks"
 
     study.report(stage_cfg(study_cfg, "study_report"), ",".join(tables), tmp_path / "gain.csv",
                  tmp_path / "fig.pdf", tmp_path / "fig.png")

@@ -176,7 +176,7 @@ def build(model_cfg: dict, channels: int, conditional: bool) -> UNet:
                 mid_convs=model_cfg["mid_convs"], dec_convs=model_cfg["dec_convs"],
                 output=model_cfg["output"], bias=model_cfg["bias"],
                 upsample_bias=model_cfg["upsample_bias"], conditional=conditional,
-                match=model_cfg["match"])
+                match=model_cfg["match"] if conditional else ())
 
 
 def n_params(model: nn.Module) -> int:

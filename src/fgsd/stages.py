@@ -70,7 +70,11 @@ def parse_setting(name: str) -> tuple[int, float]:
     return int(k[1:]), float(s[1:])
 
 
-TRAIN_KEYS = ("seed", "device", "model", "train.batch_size", "train.lr", "train.lr_schedule", "train.lr_decay_every",
+# The architecture; `model.match` is read by the conditional model alone, so changing it does not
+# retrain the mixture and single-class models (stage_keys adds it for that kind).
+MODEL_KEYS = ("model.widths", "model.enc_convs", "model.mid_convs", "model.dec_convs", "model.output", "model.bias",
+              "model.upsample_bias")
+TRAIN_KEYS = ("seed", "device", *MODEL_KEYS, "train.batch_size", "train.lr", "train.lr_schedule", "train.lr_decay_every",
               "train.lr_decay_factor", "train.ema", "train.sigma_max", "train.sigma_law", "train.sigma_min",
               "train.square_share", "train.loss_weight", "train.sigma_data", "train.checkpoint_every",
               "train.eval_every", "train.eval_crops_per_class", "sigmas")
@@ -311,7 +315,7 @@ def stage_keys(stage: str, name: str | None = None) -> list[str]:
     """The params keys that `stage` (for model kind, sample set or figure `name`) reads."""
     keys = list(STAGES[stage].keys)
     if stage == "train":
-        keys.append(f"train.{name}")
+        keys += [f"train.{name}", *(["model.match"] if name == "conditional" else [])]
     elif stage == "study_train":  # each kind its own rate (and the conditional one its matched blocks)
         keys += [f"study.lr.{name}", *(["study.match"] if name == "conditional" else [])]
     elif stage == "sample":
