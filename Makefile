@@ -14,7 +14,7 @@ run: setup                 ## the main job: every stage on the default preset (p
 smoke: setup               ## the whole DAG on the smoke preset (minutes)
 	snakemake --cores all --configfile config/smoke.yaml
 
-study: setup               ## the study: conditional gain vs classes and crop scale (not in the main job; ~1 h)
+study: setup               ## the study: conditional gain vs classes and crop scale (not in the main job; 80-120 min)
 	snakemake --cores all study
 
 test: setup                ## lint, then the default test suite (includes the smoke chain end to end)
