@@ -28,7 +28,8 @@ def study_cfg(tmp_path) -> dict:
     cfg["data"].update(folder=str(write_textures(tmp_path / "tex", n_classes=8, size=160)), crop_size=16)
     cfg["study"].update(dataset="folder", classes=[3, 6], class_axis_scale=1.0, scales=[1.0], scale_axis_classes=3,
                         train_per_class=24, test_per_class=4, steps=12, lr=dict(mixture=0.003, conditional=0.002))
-    cfg["train"].update(batch_size=16, checkpoint_every=6)
+    cfg["train"].update(batch_size=16, checkpoint_every=6, lr=0.001)  # unlike the study's rates and blocks, so
+    cfg["model"]["match"] = ["mid"]  # the test can tell which of the two keys a study training read
     cfg["device"] = "cpu"
     return cfg
 
