@@ -116,6 +116,10 @@ def test_seed_spread_is_mean_and_std_over_seeds():
     sw = _fake_sweep(0.5)
     sw.loc[(sw.model == "conditional") & (sw.conditioning == "exemplar") & (sw.cls == "c1"), "output_psnr"] = 19.0
     assert summary.per_class_gain(sw, 1.0) == {"c0": 0.5, "c1": -1.0}
+    assert summary.per_class_gains(sw) == {"sigma=1": {"c0": 0.5, "c1": -1.0}}
+    wide = pd.concat([sw, sw.assign(sigma=3.0, output_psnr=sw.output_psnr + (sw.model == "conditional"))])
+    assert summary.per_class_gains(wide) == {"sigma=1": {"c0": 0.5, "c1": -1.0}, "sigma=3": {"c0": 1.5, "c1": 0.0}}
+    assert summary.per_class_gains(wide[wide.sigma != 1.0]) == {"sigma=3": {"c0": 1.5, "c1": 0.0}}
     curves = summary.curves_by_seed({0: _fake_sweep(0.5), 4: _fake_sweep(1.0)})
     assert sorted(curves.seed.unique()) == [0, 4] and len(curves) == 2 * len(summary.psnr_gain(_fake_sweep(0)))
 

@@ -83,7 +83,7 @@ def test_checks_across_keys_blame_the_file_that_set_the_value(tmp_path):
     later.write_text("analysis:\n  kl_sigma_max: 0.5\n")
     with pytest.raises(FgsdError, match=rf"^{later}: parameter 'analysis.kl_sigma_min'"):
         config.load([BASE, culprit, later])
-    culprit.write_text("train:\n  sigma_law: square\n  sigma_min: 2.0\n")  # unused by the square law: no error
+    culprit.write_text("train:\n  sigma_law: square\n  sigma_min: 5.0\n")  # unused by the square law: no error
     config.load([BASE, culprit, later])
     later.write_text("train:\n  sigma_law: log_uniform\n")
     with pytest.raises(FgsdError, match=rf"^{later}: parameter 'train.sigma_min' must be below train.sigma_max"):

@@ -144,6 +144,20 @@ def test_autoencoder_training_resumes_to_the_same_weights(stages_run, caplog):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_prior_trains_up_to_where_its_sampler_starts(stages_run, monkeypatch):
+    """The latent prior's DDIM starts at sampling.sigma0: the prior trains on that range, not on
+    the pixel denoisers' train.sigma_max."""
+    cfg, tmp = stages_run
+    cfg = {**cfg, "train": {**cfg["train"], "sigma_max": 3.0}, "sampling": {**cfg["sampling"], "sigma0": 0.7},
+           "d2c": {**cfg["d2c"], "prior_steps": 3, "eval_every": 3}}
+    seen = []
+    loss = d2c.denoising_loss
+    monkeypatch.setattr(d2c, "denoising_loss", lambda net, x, c, g, top, *a: seen.append(top) or loss(net, x, c, g, top, *a))
+    m, out = tmp / "models", tmp / "prior_range"
+    d2c.train_prior(cfg, tmp / "data", m / "ae.pt", out / "p.pt", out / "p.csv", out / "p.json", out / "s", "cpu")
+    assert seen == [0.7] * 3
+
+
 def test_d2c_seed_is_the_training_seed(stages_run):
     """`d2c.seed` retrains the autoencoder with another seed; null means the pipeline's seed."""
     cfg, tmp = stages_run

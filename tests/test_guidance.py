@@ -293,3 +293,15 @@ def test_the_comparison_table_has_every_method_and_no_unseen_adm_g_numbers():
     unseen = table[(table.method == "ADM-G") & (table.classes == "unseen")].iloc[0]
     assert unseen.knob.startswith("n/a") and np.isnan(unseen.accuracy)
     assert table[table.classes == "unseen"].method.tolist() == ["FGSD", "ADM-G"]
+
+
+def test_the_guide_trains_up_to_where_the_samplers_start(guide_data, monkeypatch):
+    """The guide only ever guides from sampling.sigma0 down: it trains on that range, not on the
+    denoisers' train.sigma_max (3 in config/sigma3.yaml), whose top would waste its steps."""
+    cfg, tmp = guide_data
+    cfg["train"]["sigma_max"], cfg["sampling"]["sigma0"] = 3.0, 0.7
+    seen = []
+    draw = guide.draw_sigma
+    monkeypatch.setattr(guide, "draw_sigma", lambda n, g, top, *a: seen.append(top) or draw(n, g, top, *a))
+    _train(cfg, tmp, "range", "s_range")
+    assert seen and set(seen) == {0.7}

@@ -94,6 +94,7 @@ def test_smoke_chain_produces_every_output(smoke_run):
     assert set(summary) >= {"psnr_gain_conditional_minus_mixture_db", "separation_median_ratio",
                             "density_vs_centroid_distance", "sample_quality", "classifier"}
     assert summary["separation_median_ratio"]["conditional"]["mid"] > 0
+    assert set(summary["per_class_gain_db"]) == {"sigma=1"}  # and the sweep's largest sigma, when it is above 1
     q = summary["sample_quality"]
     assert q["conditional"]["kid"]["n_samples"] == 11 * 2 and q["conditional"]["kid"]["n_real"] == 11 * 8
     assert 0 <= q["conditional"]["accuracy"]["value"] <= 1 and set(q["fewshot_accuracy_by_n_exemplars"]) == {"1", "5"}

@@ -348,7 +348,7 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
         lr = a["prior_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = denoising_loss(net, ell[idx].to(dev), None, g, cfg["train"]["sigma_max"])
+        loss = denoising_loss(net, ell[idx].to(dev), None, g, cfg["sampling"]["sigma0"])  # where its DDIM starts
         require_finite(loss, "the D2C prior", step + 1, lr, "d2c.prior_lr", keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()

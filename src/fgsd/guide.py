@@ -205,7 +205,8 @@ def learning_rate(lr: float, step: int, steps: int) -> float:
 def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str | Path, metrics: str | Path,
                 state: str | Path, device="auto", interrupt_after: int | None = None) -> dict:
     """Train the guide on noised crops of the seen classes; resumable from `state`/guide.pt."""
-    gcfg, seed, sigma_max = cfg["guide"], cfg["seed"], cfg["train"]["sigma_max"]
+    gcfg, seed = cfg["guide"], cfg["seed"]
+    sigma_max = cfg["sampling"]["sigma0"]  # the samplers it guides start there: it never sees more noise
     dev = resolve_device(device)
     train, test = load_split(data, "train"), load_split(data, "test")
     x, y = to_float(train["images"]), torch.from_numpy(train["labels"])

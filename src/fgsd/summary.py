@@ -66,6 +66,13 @@ def per_class_gain(sw: pd.DataFrame, sigma: float) -> dict:
     return {c: float(v) for c, v in (mean("conditional", "exemplar") - mean("mixture", "none")).items()}
 
 
+def per_class_gains(sw: pd.DataFrame) -> dict:
+    """per_class_gain at sigma = 1 (the paper's top noise level) and at the sweep's largest sigma
+    (3 with config/sigma3.yaml), where the class is worth most."""
+    grid = set(sw.sigma)
+    return {f"sigma={s:.4g}": per_class_gain(sw, s) for s in sorted({1.0, max(grid)}) if s in grid}
+
+
 def below_references(table: dict, model: str) -> list[str]:
     """The sigmas at which `model` (judged on all test crops) is beaten by a reference denoiser,
     or by its own input at sigma >= 0.01."""
@@ -179,7 +186,7 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         output_psnr_db=table,
         class_worth_db=class_worth(sw),
         wrong_conditioning_cost_db=wrong_conditioning_cost(sw),
-        per_class_gain_db={f"sigma={hi:.4g}": per_class_gain(sw, hi)},
+        per_class_gain_db=per_class_gains(sw),
         g_infinity_db=files.load_json(references_json)["g_infinity_db"],
         sigmas_where_below_a_reference={m: below_references(table, m) for m in ("mixture", "conditional")},
         separation_median_ratio={m: {k: float(ratios[m, k]) for k in ratios[m].index} for m in ratios.index.levels[0]},
