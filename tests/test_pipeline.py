@@ -381,6 +381,17 @@ def _ready_to_kill(repo: Path, pid: int, stage: str) -> bool:
     return False
 
 
+def _csv_differences(want: dict, got: dict) -> str:
+    """The differing lines of each differing CSV (old, then new), so that a failure says whether
+    work was lost (rows missing) or a number moved, and by how much."""
+    out = []
+    for path in sorted(k for k in want if want[k] != got.get(k) and k.suffix == ".csv"):
+        old, new = want[path].decode().splitlines(), got[path].decode().splitlines()
+        pairs = [(a, b) for a, b in zip(old, new) if a != b][:6]
+        out += [f"{path} ({len(old)} -> {len(new)} lines):"] + [f"  - {a}\n  + {b}" for a, b in pairs]
+    return "\n".join(out)
+
+
 def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
     """On a copy of the finished smoke run with a replicate model and a sample set removed (so a
     training, a sampling, an evaluation and figures must run again), SIGKILL the whole run in the
@@ -424,6 +435,7 @@ def test_kill_anywhere_lose_nothing(smoke_run, tmp_path):
     want, got = outputs(smoke_run), outputs(repo)
     assert sorted(map(str, got.keys() - want.keys())) == [], "files the uninterrupted run does not have"
     assert sorted(map(str, want.keys() - got.keys())) == [], "outputs missing after the restarts"
-    assert sorted(str(k) for k in want if want[k] != got[k]) == [], "outputs that differ from the uninterrupted run"
+    differ = sorted(str(k) for k in want if want[k] != got[k])
+    assert differ == [], f"outputs that differ from the uninterrupted run:\n{_csv_differences(want, got)}"
     assert "resuming" in (repo / "results/logs/replicates/train_mixture_seed1.log").read_text(), \
         "the killed training did not resume from its saved state"

@@ -2,6 +2,9 @@
 that exists, code dependencies follow the imports, and the command line passes key=path."""
 import importlib
 import inspect
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -86,3 +89,15 @@ def test_one_checkpoint_format_with_errors_that_name_the_file(tmp_path):
         checkpoints.load(tmp_path / "bad.pt", network.UNet, ("conditional",))
     with pytest.raises(FgsdError, match="missing model file"):
         checkpoints.load(tmp_path / "none.pt", network.UNet, ("conditional",))
+
+
+def test_importing_fgsd_sets_mkl_reproducibility_unless_the_user_did():
+    """The stages run with Intel MKL's run-to-run reproducibility conditions (before torch loads),
+    and a value the user exported wins."""
+    show = "import os, fgsd; print(os.environ['MKL_CBWR'], os.environ['MKL_DYNAMIC'], os.environ['OMP_DYNAMIC'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "MKL_DYNAMIC", "OMP_DYNAMIC")}
+    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["AUTO,STRICT", "FALSE", "FALSE"]
+    out = subprocess.run([sys.executable, "-c", show], env=dict(env, MKL_CBWR="COMPATIBLE"), capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["COMPATIBLE", "FALSE", "FALSE"]
