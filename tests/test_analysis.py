@@ -26,8 +26,9 @@ def test_separation_ratio_by_hand(tmp_path):
 @pytest.fixture
 def trained(tiny_cfg, tmp_path):
     data.prepare(tiny_cfg, tmp_path / "data")
-    for kind in ("mixture", "conditional", "single"):
-        train_into(tiny_cfg, kind, tmp_path / "data", tmp_path / "models" / kind, tmp_path / "state")
+    for kind in ("mixture", "conditional", "single"):  # the single-class model fine-tunes the mixture one
+        init = {"init": tmp_path / "models/mixture/model.pt"} if kind == "single" else {}
+        train_into(tiny_cfg, kind, tmp_path / "data", tmp_path / "models" / kind, tmp_path / "state", **init)
     return tiny_cfg, tmp_path
 
 

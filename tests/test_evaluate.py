@@ -56,6 +56,9 @@ def test_nearest_rmse_known_answers():
     assert torch.equal(evaluate.nearest_rmse(pool[:5], pool), torch.zeros(5))
     probe = torch.cat([pool[:5] + 0.1, torch.full((1, 1, 8, 8), 20.0)])
     torch.testing.assert_close(evaluate.nearest_rmse(probe, pool, batch=4), torch.tensor([0.1] * 5 + [11.0]))
+    # at the pipeline's sizes (hundreds of 32x32 crops, where cdist would switch to a matrix product)
+    crops = torch.rand(400, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(evaluate.nearest_rmse(crops[:40], crops), torch.zeros(40)), "a copy must be at distance 0"
 
 
 def test_classifier_learns_the_synthetic_textures(tiny_cfg, tmp_path):

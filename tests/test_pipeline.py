@@ -56,7 +56,7 @@ def test_dvc_yaml_matches_the_snakemake_dag():
 
 def test_dvc_yaml_check_catches_drift(tmp_path):
     repo = copy_repo(tmp_path)
-    text = (repo / "dvc.yaml").read_text().replace("train single model=", "train single  model=")
+    text = (repo / "dvc.yaml").read_text().replace("train single init=", "train single  init=")
     (repo / "dvc.yaml").write_text(text)
     proc = run([sys.executable, "-m", "fgsd.dvcgen", "--check"], repo, check=False)
     assert proc.returncode != 0 and "out of date" in proc.stderr

@@ -5,6 +5,7 @@ import inspect
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,14 @@ def test_importing_fgsd_sets_mkl_reproducibility_unless_the_user_did():
     out = subprocess.run([sys.executable, "-c", show], env=dict(env, MKL_CBWR="COMPATIBLE"), capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["COMPATIBLE", "FALSE", "FALSE"]
+
+
+def test_the_single_class_training_reads_the_same_seeds_mixture_model():
+    from fgsd import config
+    cfg = config.load([Path(__file__).resolve().parents[1] / "params.yaml"])
+    assert cfg["train"]["single"]["init"] == "mixture"
+    assert stages.warm_start("single", cfg) == {"init": "results/models/mixture/model.pt"}
+    assert stages.warm_start("single", cfg, "2") == {"init": "results/replicates/seed2/models/mixture/model.pt"}
+    assert stages.warm_start("mixture", cfg) == stages.warm_start("conditional", cfg, "1") == {}
+    cfg["train"]["single"]["init"] = "scratch"
+    assert stages.warm_start("single", cfg) == {}

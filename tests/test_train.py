@@ -130,6 +130,7 @@ def test_a_conditional_model_that_ignores_its_exemplar_is_warned_about(caplog):
 
 def test_single_class_model_trains_on_y0_only(prepared):
     cfg, tmp = prepared
+    cfg["train"]["single"]["init"] = "scratch"
     train_into(cfg, "single", tmp / "data", tmp / "m", tmp / "s")
     assert files.load_json(tmp / "m" / "config.json")["train_classes"] == ["tex0"]
     cfg["train"]["single"]["class"] = files.load_json(tmp / "data" / "manifest.json")["unseen_classes"][0]
@@ -138,6 +139,31 @@ def test_single_class_model_trains_on_y0_only(prepared):
     cfg["train"]["single"]["class"] = "nope"
     with pytest.raises(FgsdError, match="train.single.class"):
         train_into(cfg, "single", tmp / "data", tmp / "m2", tmp / "s")
+
+
+def test_the_single_class_model_fine_tunes_the_mixture_model(prepared):
+    """train.single.init: mixture loads the mixture model before the first step (at a vanishing
+    rate the single-class model *is* the mixture model; from scratch it is not), records the
+    file's checksum, and refuses a missing init, an init for another kind and a missing file."""
+    cfg, tmp = prepared
+    train_into(cfg, "mixture", tmp / "data", tmp / "mix", tmp / "s")
+    init = tmp / "mix" / "model.pt"
+    cfg["train"]["lr"] = 1e-30
+    train_into(cfg, "single", tmp / "data", tmp / "tuned", tmp / "s", init=init)
+    assert _same_weights(init, tmp / "tuned" / "model.pt")
+    assert files.load_json(tmp / "tuned" / "config.json")["init_sha256"] == files.sha256(init)
+    cfg["train"]["single"]["init"] = "scratch"
+    train_into(cfg, "single", tmp / "data", tmp / "scratch", tmp / "s")
+    assert not _same_weights(init, tmp / "scratch" / "model.pt")
+    with pytest.raises(FgsdError, match="only the single-class model with train.single.init: mixture"):
+        train_into(cfg, "single", tmp / "data", tmp / "x", tmp / "s", init=init)
+    cfg["train"]["single"]["init"] = "mixture"
+    with pytest.raises(FgsdError, match="'train.single.init' is 'mixture'.*needs init="):
+        train_into(cfg, "single", tmp / "data", tmp / "x", tmp / "s")
+    with pytest.raises(FgsdError, match="only the single-class model"):
+        train_into(cfg, "mixture", tmp / "data", tmp / "x", tmp / "s", init=init)
+    with pytest.raises(FgsdError, match="missing model file"):
+        train_into(cfg, "single", tmp / "data", tmp / "x", tmp / "s", init=tmp / "nope.pt")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")

@@ -311,6 +311,14 @@ def stage_names() -> dict[str, tuple[str, ...]]:
             "evaluate": EVAL_GROUPS}
 
 
+def warm_start(kind: str, cfg: dict, rseed: str | None = None) -> dict[str, str]:
+    """A training job's `init` input: the same seed's mixture model when the single-class model
+    fine-tunes it (`train.single.init: mixture`), else nothing."""
+    if kind != "single" or cfg["train"]["single"]["init"] != "mixture":
+        return {}
+    return {"init": (MODEL if rseed is None else REPLICATE_MODEL).format(kind="mixture", rseed=rseed)}
+
+
 def stage_keys(stage: str, name: str | None = None) -> list[str]:
     """The params keys that `stage` (for model kind, sample set or figure `name`) reads."""
     keys = list(STAGES[stage].keys)

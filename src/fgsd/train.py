@@ -138,12 +138,34 @@ class HeldOutPSNR:
         return out
 
 
+def warm_start(net: network.UNet, kind: str, t: dict, init: str | Path | None) -> dict:
+    """Load the mixture model into the single-class one when `train.single.init` is `mixture`: the
+    class oracle then starts from the best class-blind denoiser, not from noise, at the same cost.
+    Returns what the resumable state and config.json record of it (the file's checksum)."""
+    if kind != "single" or t["single"]["init"] != "mixture":
+        if init is not None:
+            raise FgsdError(f"init={init} was given, but only the single-class model with "
+                            f"train.single.init: mixture starts from another model ({kind} model here)")
+        return {}
+    if init is None:
+        raise FgsdError("parameter 'train.single.init' is 'mixture': the single-class training needs "
+                        "init=<the mixture model.pt>")
+    mixture, _ = checkpoints.load(init, network.UNet, ("mixture",), next(net.parameters()).device)
+    if mixture.config != net.config:
+        raise FgsdError(f"{init}: its architecture {mixture.config} is not params 'model' {net.config}; "
+                        f"retrain the mixture model")
+    net.load_state_dict(mixture.state_dict())
+    log.info("single-class model: fine-tuning the mixture model %s on %s", init, t["single"]["class"])
+    return dict(init_sha256=files.sha256(init))
+
+
 def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: str | Path, config_json: str | Path,
           metrics: str | Path, state: str | Path, device: str = "auto", interrupt_after: int | None = None,
-          lr_key: str = "train.lr") -> dict:
+          lr_key: str = "train.lr", init: str | Path | None = None) -> dict:
     """Train model kind `name`; write the checkpoint, its log, resolved config and final metrics.
     Resumable state lives in the `state` directory, outside Snakemake's declared outputs. `lr_key`
-    is the params key that set `cfg["train"]["lr"]`, which the errors tell the user to lower."""
+    is the params key that set `cfg["train"]["lr"]`, which the errors tell the user to lower.
+    init: the mixture model the single-class model fine-tunes (`warm_start`)."""
     kind = name
     if kind not in stages.MODEL_KINDS:
         raise FgsdError(f"unknown model kind '{kind}': choose one of {stages.MODEL_KINDS}")
@@ -161,12 +183,14 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
 
     torch.manual_seed(seed)
     net = network.build(cfg["model"], channels=x.shape[1], conditional=kind == "conditional").to(dev)
+    started_from = warm_start(net, kind, t, init)
     opt = torch.optim.Adam(net.parameters(), lr=t["lr"])
     ema = copy.deepcopy(net) if t["ema"] > 0 else None  # the weights that are evaluated and saved
     final_net = ema if ema is not None else net
     test_psnr = HeldOutPSNR(test_set, cfg["sigmas"], t["eval_crops_per_class"], seed, dev)
     tracked = config.select(cfg, stages.stage_keys("train", kind))
-    keeper = checkpoints.Resumable(state, kind, cfg, stages.stage_keys("train", kind), data, kind=kind)
+    keeper = checkpoints.Resumable(state, kind, cfg, stages.stage_keys("train", kind), data, kind=kind,
+                                   **started_from)
     step, rows, loss_sum, loss_n = 0, [], 0.0, 0
     saved = keeper.load(dev)
     if saved:
@@ -232,7 +256,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     final = {k: v for k, v in rows[-1].items() if k.startswith("psnr")}
     files.save_json(config_json, dict(kind=kind, model_config=net.config, **meta, params=tracked,
                                       n_params=network.n_params(net), data_sha256=manifest["sha256"],
-                                      steps_per_epoch=per_epoch))
+                                      steps_per_epoch=per_epoch, **started_from))
     files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
                                   test_psnr=final, n_test=len(test_psnr.clean),
                                   **({"wrong_exemplar_cost_db": cost} if cost else {})))

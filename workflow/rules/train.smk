@@ -1,6 +1,7 @@
 rule train:
     input:
         DATA_FILES,
+        unpack(lambda wildcards: stages.warm_start(wildcards.kind, config, wildcards.get("rseed"))),
         code=code("train"),
     output:
         model=stages.MODEL,
