@@ -311,10 +311,15 @@ def stage_names() -> dict[str, tuple[str, ...]]:
             "evaluate": EVAL_GROUPS}
 
 
+def fine_tunes_mixture(kind: str, cfg: dict) -> bool:
+    """Whether model `kind` starts from its seed's mixture model (`train.single.init: mixture`)."""
+    return kind == "single" and cfg["train"]["single"]["init"] == "mixture"
+
+
 def warm_start(kind: str, cfg: dict, rseed: str | None = None) -> dict[str, str]:
-    """A training job's `init` input: the same seed's mixture model when the single-class model
-    fine-tunes it (`train.single.init: mixture`), else nothing."""
-    if kind != "single" or cfg["train"]["single"]["init"] != "mixture":
+    """A training job's `init` input: the same seed's mixture model when `fine_tunes_mixture`,
+    else nothing."""
+    if not fine_tunes_mixture(kind, cfg):
         return {}
     return {"init": (MODEL if rseed is None else REPLICATE_MODEL).format(kind="mixture", rseed=rseed)}
 

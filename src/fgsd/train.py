@@ -138,11 +138,11 @@ class HeldOutPSNR:
         return out
 
 
-def warm_start(net: network.UNet, kind: str, t: dict, init: str | Path | None) -> dict:
+def warm_start(net: network.UNet, kind: str, cfg: dict, init: str | Path | None) -> dict:
     """Load the mixture model into the single-class one when `train.single.init` is `mixture`: the
     class oracle then starts from the best class-blind denoiser, not from noise, at the same cost.
     Returns what the resumable state and config.json record of it (the file's checksum)."""
-    if kind != "single" or t["single"]["init"] != "mixture":
+    if not stages.fine_tunes_mixture(kind, cfg):
         if init is not None:
             raise FgsdError(f"init={init} was given, but only the single-class model with "
                             f"train.single.init: mixture starts from another model ({kind} model here)")
@@ -155,7 +155,7 @@ def warm_start(net: network.UNet, kind: str, t: dict, init: str | Path | None) -
         raise FgsdError(f"{init}: its architecture {mixture.config} is not params 'model' {net.config}; "
                         f"retrain the mixture model")
     net.load_state_dict(mixture.state_dict())
-    log.info("single-class model: fine-tuning the mixture model %s on %s", init, t["single"]["class"])
+    log.info("single-class model: fine-tuning the mixture model %s on %s", init, cfg["train"]["single"]["class"])
     return dict(init_sha256=files.sha256(init))
 
 
@@ -183,7 +183,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
 
     torch.manual_seed(seed)
     net = network.build(cfg["model"], channels=x.shape[1], conditional=kind == "conditional").to(dev)
-    started_from = warm_start(net, kind, t, init)
+    started_from = warm_start(net, kind, cfg, init)
     opt = torch.optim.Adam(net.parameters(), lr=t["lr"])
     ema = copy.deepcopy(net) if t["ema"] > 0 else None  # the weights that are evaluated and saved
     final_net = ema if ema is not None else net
