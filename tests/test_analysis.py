@@ -152,3 +152,31 @@ def test_sample_seed_spread_reads_each_seeds_own_metrics():
     assert spread["mixture"]["kid"]["values"] == [1.0, 2.0], "the in-domain extractor's KID, not another's"
     assert "accuracy" not in spread["mixture"]
     assert summary.sample_seed_spread({0: _fake_set_metrics(0.25, 1.0)})["conditional"]["kid"]["std"] is None
+
+
+def test_fig3_draws_each_panels_references_on_its_own_crops():
+    # two classes of two crops, y0 = "a"; the references do well on "a" and badly on "b", so the
+    # right panel (y0's crops) must draw other lines than the left one (all crops)
+    from fgsd import figures
+    cfg = {"seed": 0, "train": {"single": {"class": "a"}}}
+    rows = []
+    for sigma in (0.1, 1.0):
+        for image, cls in enumerate("aabb"):
+            inp = -20 * np.log10(sigma)
+            for model, cond, out in (("mixture", "none", 20), ("conditional", "exemplar", 21),
+                                     ("conditional", "y0-centroid", 21), ("single", "none", 22),
+                                     ("trivial-mean", "none", 10 + image), ("gaussian-mixture", "none", 30 + image),
+                                     ("gaussian-class", "class", 40 if cls == "a" else 5)):
+                rows.append(dict(model=model, conditioning=cond, cls=cls, is_y0=cls == "a", sigma=sigma,
+                                 image=image, input_psnr=inp, output_psnr=out + sigma))
+    sweep = pd.DataFrame(rows)
+    seeds = summary.curves_by_seed({0: sweep})
+    fig = figures.fig3_axes(cfg, sweep, seeds)
+    lines = [{line.get_label(): line for line in ax.get_lines()} for ax in fig.axes]
+    x = -20 * np.log10(np.array([1.0, 0.1]))  # the input PSNR, ascending
+    for panel, class_known, mixture_ref in ((0, [22.5, 22.5], [31.5, 31.5]), (1, [40, 40], [30.5, 30.5])):
+        for name, expected in (("gaussian-class", class_known), ("gaussian-mixture", mixture_ref)):
+            line = lines[panel][f"{name} (no training)"]
+            np.testing.assert_allclose(line.get_xdata(), x)
+            np.testing.assert_allclose(line.get_ydata(), np.array(expected) + np.array([1.0, 0.1]) - x)
+    figures.plt.close(fig)

@@ -99,39 +99,52 @@ def _seed_band(ax, by_seed, model, conditioning, label, color) -> None:
         ax.fill_between(x, (mean - std).values, (mean + std).values, color=color, alpha=0.25, lw=0)
 
 
-def fig3_psnr_gain(cfg, sweep, by_seed, pdf, png) -> None:
-    """Output - input PSNR vs input PSNR: conditional vs mixture over training seeds (left), vs
-    single-class for the main seed's models (right)."""
-    d = files.load_csv(sweep)
-    d = d.assign(gain=d.output_psnr - d.input_psnr, noise_db=-20 * np.log10(d.sigma))
+def _reference_lines(ax, d) -> None:
+    """The untrained references' mean output - input PSNR over the crops of `d` (summary.REFERENCES)."""
+    refs = d[d.model.isin(summary.REFERENCES)].groupby(["model", "noise_db"]).gain.mean()
+    for name, style in REFERENCE_STYLE.items():
+        if name in refs.index.get_level_values(0):
+            ax.plot(refs[name].index, refs[name].values, color="0.35", lw=1, ls=style, label=f"{name} (no training)")
+
+
+def fig3_axes(cfg, sweep_df, seeds_df):
+    """The Fig 3 figure. Each panel carries the references on its own crops: all test crops on
+    the left; y0's crops on the right, where the single-class oracle is judged against the
+    class-known Gaussian (a learned reference must beat the analytic ones first)."""
+    d = sweep_df.assign(gain=sweep_df.output_psnr - sweep_df.input_psnr, noise_db=-20 * np.log10(sweep_df.sigma))
     y0 = cfg["train"]["single"]["class"]
     right = d[((d.model == "conditional") & (d.conditioning == "y0-centroid")) | (d.model == "single")].copy()
     right["denoiser"] = np.where(right.model == "single", f"single-class ({y0})", f"conditional on {y0}")
     right["images"] = np.where(right.is_y0, f"class {y0}", "other classes")
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     kw = dict(x="noise_db", y="gain", errorbar=("ci", 95), n_boot=200, seed=cfg["seed"], marker="o")
-    seeds = files.load_csv(by_seed)
-    if seeds.seed.nunique() > 1:
-        _seed_band(ax[0], seeds, "conditional", "exemplar", "conditional (correct exemplar)", COLORS["conditional"])
-        _seed_band(ax[0], seeds, "mixture", "none", "mixture", COLORS["mixture"])
+    if seeds_df.seed.nunique() > 1:
+        _seed_band(ax[0], seeds_df, "conditional", "exemplar", "conditional (correct exemplar)", COLORS["conditional"])
+        _seed_band(ax[0], seeds_df, "mixture", "none", "mixture", COLORS["mixture"])
     else:  # one seed: bootstrap bands over the (correlated) test crops
         left = d[((d.model == "conditional") & (d.conditioning == "exemplar")) | (d.model == "mixture")].copy()
         left["denoiser"] = np.where(left.model == "mixture", "mixture", "conditional (correct exemplar)")
         sns.lineplot(left, hue="denoiser", ax=ax[0], palette=[COLORS["conditional"], COLORS["mixture"]],
                      hue_order=["conditional (correct exemplar)", "mixture"], **kw)
-    sns.lineplot(right, hue="denoiser", style="images", ax=ax[1],
-                 palette=[COLORS["conditional"], COLORS["single"]], **kw)
-    refs = d[d.model.isin(summary.REFERENCES)].groupby(["model", "noise_db"]).gain.mean()
-    for name, style in REFERENCE_STYLE.items():  # the untrained references (summary.REFERENCES)
-        if name in refs.index.get_level_values(0):
-            ax[0].plot(refs[name].index, refs[name].values, color="0.35", lw=1, ls=style, label=f"{name} (no training)")
-    ax[0].legend(fontsize=7)
+    kw.pop("marker")  # the right panel tells the crops apart by marker, so dashes stay the references'
+    sns.lineplot(right, hue="denoiser", style="images", ax=ax[1], palette=[COLORS["conditional"], COLORS["single"]],
+                 dashes=False, markers={f"class {y0}": "o", "other classes": "X"}, **kw)
+    _reference_lines(ax[0], d)
+    _reference_lines(ax[1], d[d.is_y0])
     for a in ax:
+        a.legend(fontsize=7)
         a.set_xlabel("input PSNR (dB) = -20 log10 σ")
     ax[0].set_ylabel("output PSNR - input PSNR (dB)")
     ax[0].set_title("conditional vs mixture (all classes)")
-    ax[1].set_title(f"conditioned on {y0} vs a denoiser trained on {y0} only")
-    save(fig, pdf, png)
+    ax[1].set_title(f"conditioned on {y0} vs a denoiser trained on {y0} only\n(references on {y0}'s crops)",
+                    fontsize=9)
+    return fig
+
+
+def fig3_psnr_gain(cfg, sweep, by_seed, pdf, png) -> None:
+    """Output - input PSNR vs input PSNR: conditional vs mixture over training seeds (left), vs
+    single-class for the main seed's models (right), each beside the untrained references."""
+    save(fig3_axes(cfg, files.load_csv(sweep), files.load_csv(by_seed)), pdf, png)
 
 
 def fig4_separation(separation, phi_mixture, phi_conditional, data, pdf, png) -> None:
