@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fgsd-deps-$(KEY)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run smoke study test test-all test-slurm setup dvc-yaml clean
+.PHONY: run smoke study seeds test test-all test-slurm setup dvc-yaml clean
 
 run: setup                 ## the main job: every stage on the default preset (params.yaml)
 	snakemake --cores all
@@ -16,6 +16,9 @@ smoke: setup               ## the whole DAG on the smoke preset (minutes)
 
 study: setup               ## the study: conditional gain vs classes and crop scale (not in the main job; 80-120 min)
 	snakemake --cores all study
+
+seeds: setup               ## Figs 4-5's numbers on every training seed's models (after the main job; ~3 min)
+	snakemake --cores all seeds
 
 test: setup                ## lint, then the default test suite (includes the smoke chain end to end)
 	ruff check src tests benchmarks

@@ -5,6 +5,7 @@ import pytest
 from conftest import train_into
 
 from fgsd import analysis, data, files, summary
+from fgsd.errors import FgsdError
 
 
 def test_separation_ratio_by_hand(tmp_path):
@@ -152,6 +153,49 @@ def test_sample_seed_spread_reads_each_seeds_own_metrics():
     assert spread["mixture"]["kid"]["values"] == [1.0, 2.0], "the in-domain extractor's KID, not another's"
     assert "accuracy" not in spread["mixture"]
     assert summary.sample_seed_spread({0: _fake_set_metrics(0.25, 1.0)})["conditional"]["kid"]["std"] is None
+
+
+def _fake_features(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Separation and density tables of one seed over three classes with known answers: the
+    density distance rises with the centroid distance (Spearman 1) except at seed 2, where the
+    order of two pairs is swapped (Spearman 0.5); the pair x-y is merged (ratio 0.5) at seeds 1, 2."""
+    pairs = [("x", "y"), ("x", "z"), ("y", "z")]
+    sq = np.array([1.0, 2.0, 4.0])
+    kl = np.array([1.0, 3.0, 2.0]) if seed == 2 else np.array([1.0, 2.0, 3.0])
+    dens = pd.DataFrame(dict(cls_a=[a for a, _ in pairs], cls_b=[b for _, b in pairs], centroid_sqdist=sq,
+                             centroid_sqdist_mixture=sq[::-1], sym_kl=kl - (seed == 1) * 1.5,
+                             sym_kl_diff_form=kl, sym_kl_half_min=kl, sym_kl_double_min=kl))
+    ratio = [0.5 if seed else 2.0, 3.0, 4.0]
+    sep = pd.DataFrame([dict(model=m, layer=layer, cls_a=a, cls_b=b, ratio=r * (1 + (m == "conditional")))
+                        for m in ("mixture", "conditional") for layer in ("mid", "all") for (a, b), r in zip(pairs, ratio)])
+    return sep, dens
+
+
+def test_feature_seeds_spread_the_separation_and_density_numbers(tmp_path):
+    paths = {}
+    for seed in (0, 1, 2):
+        sep, dens = _fake_features(seed)
+        paths[seed] = (tmp_path / f"sep{seed}.csv", tmp_path / f"dens{seed}.csv")
+        sep.to_csv(paths[seed][0], index=False), dens.to_csv(paths[seed][1], index=False)
+    cfg = {"seed": 0, "train": {"replicate_seeds": [1, 2]}}
+    summary.feature_seeds(cfg, *paths[0], f"{paths[1][0]},{paths[2][0]}", f"{paths[1][1]},{paths[2][1]}",
+                          tmp_path / "t.csv", tmp_path / "s.json")
+    out = files.load_json(tmp_path / "s.json")
+    assert out["seeds"] == [0, 1, 2]
+    rho = out["density.mse_gap.spearman"]
+    assert rho["values"] == pytest.approx([1.0, 1.0, 0.5]) and rho["std"] == pytest.approx(np.std([1, 1, 0.5], ddof=1))
+    assert out["density.mse_gap.n_negative"]["values"] == [0, 1, 0]  # seed 1's first pair: 1 - 1.5
+    assert out["density.control_mixture_features.spearman"]["values"] == pytest.approx([-1.0, -1.0, -0.5])
+    assert out["separation.conditional.mid.min_ratio"]["values"] == pytest.approx([4.0, 1.0, 1.0])
+    assert out["separation.mixture.all.n_merged"]["values"] == [0, 1, 1]
+    assert out["separation.mixture.all.median_ratio"]["values"] == pytest.approx([3.0, 3.0, 3.0])
+    assert out["merged_pairs_seeds"] == {"mixture": {"mid": {"x | y": [1, 2]}, "all": {"x | y": [1, 2]}},
+                                         "conditional": {"mid": {"x | y": [1, 2]}, "all": {"x | y": [1, 2]}}}
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert set(table.seed) == {0, 1, 2} and len(table) == 3 * len(out) - 3 * 3  # but seeds, n_seeds, merged
+    with pytest.raises(FgsdError, match="2 separation and 3 density"):
+        summary.feature_seeds(cfg, *paths[0], str(paths[1][0]), f"{paths[1][1]},{paths[2][1]}",
+                              tmp_path / "t.csv", tmp_path / "s.json")
 
 
 def test_fig3_draws_each_panels_references_on_its_own_crops():

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from fgsd import config, files, stages
+from fgsd import config, files, stages, summary
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
@@ -219,6 +219,23 @@ def test_adding_a_sample_set_or_a_figure_reruns_nothing_that_exists(smoke_copy):
     table.write_text(table.read_text().replace('SampleSet("set_mixing", 3,', 'SampleSet("set_mixing", 33,'))
     jobs = planned_jobs(smoke_copy, SMOKE)
     assert jobs["sample"] == 2 and jobs["evaluate"] == 2
+
+
+def test_the_seeds_target_computes_figs_4_5_numbers_on_every_training_seed(smoke_copy):
+    target = [*SMOKE, "--", "seeds"]  # after the options that take several values
+    assert planned_jobs(smoke_copy, target) == {"centroids_replicate": 2, "separation_replicate": 1,
+                                                "density_replicate": 1, "feature_seeds": 1, "seeds": 1}
+    run(["snakemake", "--cores", "2", *target], smoke_copy)
+    out = files.load_json(smoke_copy / stages.FEATURE_SEEDS)
+    assert out["seeds"] == [0, 1]
+    own = [files.load_csv(smoke_copy / p) for p in (stages.DENSITY, stages.REPLICATE_DENSITY.format(rseed=1))]
+    assert not own[0].sym_kl.equals(own[1].sym_kl), "seed 1's density distance comes from seed 1's models"
+    for job in ("centroids_mixture", "centroids_conditional", "separation", "density"):
+        read = files.load_json(smoke_copy / f"results/provenance/replicates/{job}_seed1.json")["inputs"]
+        assert {p for p in read if "/data/" not in p} == {p for p in read if p.startswith("results/replicates/seed1/")}, job
+    assert out["density.mse_gap.spearman"]["values"] == pytest.approx(
+        [summary.correlations(d)["spearman"] for d in own])
+    assert planned_jobs(smoke_copy, SMOKE) == {}, "the main job neither needs nor re-runs any of it"
 
 
 def test_config_overrides_on_the_command_line_are_refused(smoke_run):

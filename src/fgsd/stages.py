@@ -38,6 +38,11 @@ REPLICATE_MODEL = REPLICATE + "/models/{kind}/model.pt"
 REPLICATE_SWEEP = REPLICATE + "/sweep.csv"
 REPLICATE_SAMPLES = REPLICATE + "/samples/{sample_set}.npz"
 REPLICATE_SET_METRICS = REPLICATE + "/metrics/sets/{group}.csv"
+REPLICATE_PHI = REPLICATE + "/features/{kind}/phi.npz"
+REPLICATE_SEPARATION = REPLICATE + "/separation.csv"
+REPLICATE_DENSITY = REPLICATE + "/density.csv"
+FEATURE_SEEDS = "results/analysis/feature_seeds.json"  # `snakemake seeds`: Figs 4-5's numbers on every seed
+FEATURE_SEEDS_TABLE = "results/analysis/feature_seeds.csv"
 REPLICATED_SETS = ("conditional", "mixture")  # sample sets drawn again from every seed's models (their spread)
 GAIN_BY_SEED = "results/analysis/psnr_gain_by_seed.csv"
 SAMPLER_KEYS = tuple(f"sampling.{k}" for k in ("sigma0", "sigma_final", "stop_factor", "h0", "beta", "fixed_h",
@@ -101,6 +106,7 @@ STAGES = {
     "density": Stage("analysis", "density", ("seed", "device", "analysis.kl_sigma_min", "analysis.kl_sigma_max",
                                              "analysis.kl_n_sigmas", "analysis.kl_n_noise", "analysis.kl_max_pairs")),
     "summary": Stage("summary", "summary", ("seed", "train.replicate_seeds")),
+    "feature_seeds": Stage("summary", "feature_seeds", ("seed", "train.replicate_seeds")),
     "sample": Stage("generate", "generate", ("seed", "device", *SAMPLER_KEYS), named=True),
     "guide": Stage("guide", "train_guide", ("seed", "device", "guide", "sampling.sigma0", "train.sigma_data")),
     "d2c_autoencoder": Stage("d2c", "train_autoencoder", ("seed", "device", "d2c")),

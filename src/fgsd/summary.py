@@ -93,6 +93,12 @@ def separation_extremes(sep: pd.DataFrame) -> dict:
     return out
 
 
+def spread(values) -> dict:
+    """Mean and sample std (ddof 1; null with one value) over training seeds, and the values."""
+    v = pd.Series(values, dtype=float)
+    return {"mean": float(v.mean()), "std": None if len(v) < 2 else float(v.std(ddof=1)), "values": v.tolist()}
+
+
 def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
     """The PSNR headline numbers for each training seed's models (all swept on the same test
     noise), and their mean and std over seeds (ddof 1; null with one seed): the spread every
@@ -107,9 +113,7 @@ def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
     out = {"seeds": list(per_seed), "n_seeds": len(per_seed)}
     for metric in next(iter(per_seed.values())):
         values = pd.DataFrame({seed: v[metric] for seed, v in per_seed.items()})  # rows: sigma, columns: seed
-        std = values.std(axis=1, ddof=1)  # NaN with one seed
-        out[metric] = {s: {"mean": float(values.loc[s].mean()), "std": None if pd.isna(std[s]) else float(std[s]),
-                           "values": [float(v) for v in values.loc[s]]} for s in values.index}
+        out[metric] = {s: spread(values.loc[s]) for s in values.index}
     return out
 
 
@@ -124,11 +128,55 @@ def sample_seed_spread(frames: dict[int, pd.DataFrame]) -> dict:
             rows = [samples.quality(t, set_name, name, variant="c2f") for t in frames.values()]
             if any(r is None for r in rows):
                 continue  # e.g. the mixture set has no class to be right about
-            values = pd.Series([float(r.value) for r in rows])
-            out[set_name][name] = {"mean": float(values.mean()),
-                                   "std": None if len(values) < 2 else float(values.std(ddof=1)),
-                                   "values": values.tolist(), "n_samples": int(rows[0].n_samples)}
+            out[set_name][name] = {**spread([r.value for r in rows]), "n_samples": int(rows[0].n_samples)}
     return out
+
+
+def feature_numbers(sep: pd.DataFrame, dens: pd.DataFrame) -> dict[str, float]:
+    """One training seed's Fig 4-5 numbers, flat: how the density distance ranks against the
+    centroid distance (both KL forms, the grid started at half and twice kl_sigma_min, the
+    mixture-feature control) with its negative pairs; per model and layer the median and the
+    smallest pair separation ratio and the number of merged pairs."""
+    out = {}
+    for name, corr in (("mse_gap", correlations(dens)), ("diff_form", correlations(dens, "sym_kl_diff_form")),
+                       ("mse_gap_half_min", correlations(dens, "sym_kl_half_min")),
+                       ("mse_gap_double_min", correlations(dens, "sym_kl_double_min")),
+                       ("control_mixture_features", correlations(dens, x="centroid_sqdist_mixture"))):
+        out |= {f"density.{name}.{k}": float(corr[k]) for k in ("spearman", "pearson", "n_negative")}
+    medians = sep.groupby(["model", "layer"]).ratio.median()
+    for model, layers in separation_extremes(sep).items():
+        for layer, e in layers.items():
+            out |= {f"separation.{model}.{layer}.median_ratio": float(medians[model, layer]),
+                    f"separation.{model}.{layer}.min_ratio": e["min_ratio"],
+                    f"separation.{model}.{layer}.n_merged": float(e["n_merged"])}
+    return out
+
+
+def feature_seeds(cfg: dict, separation: str | Path, density: str | Path, replicate_separations: str,
+                  replicate_densities: str, table: str | Path, spread_json: str | Path) -> None:
+    """`snakemake seeds` (not in the main job): the separation and density-distance numbers of
+    every training seed's models (`seed`, then train.replicate_seeds; the replicate files
+    comma-separated in that order), one row per seed and number in `table`, their mean and std
+    over seeds in `spread_json`, and per class pair the seeds at which it is merged (ratio <= 1)."""
+    seeds = [cfg["seed"], *cfg["train"]["replicate_seeds"]]
+    seps = [separation, *(p for p in replicate_separations.split(",") if p)]
+    dens = [density, *(p for p in replicate_densities.split(",") if p)]
+    if not len(seps) == len(dens) == len(seeds):
+        raise FgsdError(f"feature_seeds: {len(seps)} separation and {len(dens)} density tables for seeds {seeds}")
+    frames = {seed: (files.load_csv(s), files.load_csv(d)) for seed, s, d in zip(seeds, seps, dens)}
+    per_seed = {seed: feature_numbers(*f) for seed, f in frames.items()}
+    files.save_csv(table, pd.DataFrame([dict(seed=seed, metric=k, value=v) for seed, m in per_seed.items()
+                                        for k, v in m.items()]))
+    merged = {}
+    for seed, (sep, _) in frames.items():
+        for model, layers in separation_extremes(sep).items():
+            for layer, e in layers.items():
+                for a, b in e["merged"]:
+                    merged.setdefault(model, {}).setdefault(layer, {}).setdefault(f"{a} | {b}", []).append(seed)
+    first = next(iter(per_seed.values()))
+    files.save_json(spread_json, {"seeds": seeds, "n_seeds": len(seeds),
+                                  **{k: spread([m[k] for m in per_seed.values()]) for k in first},
+                                  "merged_pairs_seeds": merged})
 
 
 def comparison_records(metrics: pd.DataFrame, d2c_protocol: str) -> list[dict]:

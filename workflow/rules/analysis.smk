@@ -56,6 +56,20 @@ rule separation:
         "python -m fgsd separation {params.args} --log {log} --provenance {output.prov}"
 
 
+use rule separation as separation_replicate with:  # another training seed's features (`snakemake seeds`)
+    input:
+        phi_mixture=stages.REPLICATE_PHI.replace("{kind}", "mixture"),
+        phi_conditional=stages.REPLICATE_PHI.replace("{kind}", "conditional"),
+        code=code("separation"),
+    output:
+        table=stages.REPLICATE_SEPARATION,
+        prov="results/provenance/replicates/separation_seed{rseed}.json",
+    log:
+        "results/logs/replicates/separation_seed{rseed}.log",
+    benchmark:
+        "results/benchmarks/replicates/separation_seed{rseed}.tsv"
+
+
 rule density:
     input:
         DATA_FILES,
@@ -79,6 +93,22 @@ rule density:
         gpu=GPU,
     shell:
         "python -m fgsd density {params.args} --log {log} --provenance {output.prov}"
+
+
+use rule density as density_replicate with:  # the same test noise, another training seed's models
+    input:
+        DATA_FILES,
+        model=stages.REPLICATE_MODEL.replace("{kind}", "conditional"),
+        phi=stages.REPLICATE_PHI.replace("{kind}", "conditional"),
+        phi_mixture=stages.REPLICATE_PHI.replace("{kind}", "mixture"),
+        code=code("density"),
+    output:
+        table=stages.REPLICATE_DENSITY,
+        prov="results/provenance/replicates/density_seed{rseed}.json",
+    log:
+        "results/logs/replicates/density_seed{rseed}.log",
+    benchmark:
+        "results/benchmarks/replicates/density_seed{rseed}.tsv"
 
 
 rule summary:
@@ -110,3 +140,33 @@ rule summary:
         "results/benchmarks/summary.tsv"
     shell:
         "python -m fgsd summary {params.args} --log {log} --provenance {output.prov}"
+
+
+# `snakemake --cores all seeds`, not in the main job (about 3 min with the default's two replicate
+# seeds): Figs 4-5's numbers (separation, density distance) on every training seed's models.
+rule seeds:
+    input:
+        stages.FEATURE_SEEDS,
+
+
+rule feature_seeds:
+    input:
+        separation=stages.SEPARATION,
+        density=stages.DENSITY,
+        replicate_separations=expand(stages.REPLICATE_SEPARATION, rseed=config["train"]["replicate_seeds"]),
+        replicate_densities=expand(stages.REPLICATE_DENSITY, rseed=config["train"]["replicate_seeds"]),
+        code=code("feature_seeds"),
+    output:
+        table=stages.FEATURE_SEEDS_TABLE,
+        spread_json=stages.FEATURE_SEEDS,
+        prov="results/provenance/feature_seeds.json",
+    params:
+        tracked=tracked("feature_seeds"),
+        spec=spec("feature_seeds"),
+        args=args(),
+    log:
+        "results/logs/feature_seeds.log",
+    benchmark:
+        "results/benchmarks/feature_seeds.tsv"
+    shell:
+        "python -m fgsd feature_seeds {params.args} --log {log} --provenance {output.prov}"

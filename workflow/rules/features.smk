@@ -19,3 +19,18 @@ rule centroids:
         gpu=GPU,
     shell:
         "python -m fgsd centroids {params.args} --log {log} --provenance {output.prov}"
+
+
+use rule centroids as centroids_replicate with:  # another training seed's features (`snakemake seeds`)
+    input:
+        DATA_FILES,
+        model=stages.REPLICATE_MODEL,
+        code=code("centroids"),
+    output:
+        phi=stages.REPLICATE_PHI,
+        table=stages.REPLICATE + "/features/{kind}/centroids.csv",
+        prov="results/provenance/replicates/centroids_{kind}_seed{rseed}.json",
+    log:
+        "results/logs/replicates/centroids_{kind}_seed{rseed}.log",
+    benchmark:
+        "results/benchmarks/replicates/centroids_{kind}_seed{rseed}.tsv"
