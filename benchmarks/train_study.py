@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help=f"training steps at batch {STEPS_BATCH}")
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="a subset of the recipes")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", type=Path, default=OUT / "train_study.csv", help="the table to write")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     base = config.load([ROOT / "params.yaml", *a.params])
@@ -132,8 +133,8 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     frame["input_psnr"] = [float(network.psnr(xt + s * torch.randn(xt.shape, generator=generator(0, 90, SIGMAS.index(s))),
                                               xt).mean()) for s in frame.sigma]
-    OUT.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(OUT / "train_study.csv", index=False, float_format="%.4g")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(a.out, index=False, float_format="%.4g")
     print(frame.pivot_table(index="recipe", columns="sigma", values="psnr", sort=False).round(2).to_string())
 
 
