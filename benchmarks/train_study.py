@@ -1,6 +1,7 @@
-"""What buys the most denoising per CPU-minute? Trains the mixture model of a preset under several
-training recipes at the same step budget and reports, per recipe, wall time and test PSNR per
-noise level beside the reference denoisers that need no training (fgsd.references).
+"""What buys the most denoising per CPU-minute? Trains the mixture model (or, with --kind, the
+conditional one) of a preset under several training recipes at the same step budget and reports,
+per recipe, wall time and test PSNR per noise level beside the reference denoisers that need no
+training (fgsd.references).
 
     .venv/bin/python benchmarks/train_study.py --data results/data/pip-textures --steps 1500
       -> benchmarks/out/train_study.csv (one row per recipe and sigma)
@@ -22,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from fgsd import checkpoints, config, network, references, train  # noqa: E402
+from fgsd import analysis, checkpoints, config, network, references, train  # noqa: E402
 from fgsd.data import load_split  # noqa: E402
 from fgsd.runtime import generator, to_float  # noqa: E402
 
@@ -102,6 +103,8 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="a subset of the recipes")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, default=OUT / "train_study.csv", help="the table to write")
+    ap.add_argument("--kind", choices=("mixture", "conditional"), default="mixture",
+                    help="the model to train; the conditional one is tested with the sweep's exemplars")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     base = config.load([ROOT / "params.yaml", *a.params])
@@ -119,16 +122,20 @@ def main() -> None:
         cfg = merge(base, RECIPES[name])
         steps = a.steps * STEPS_BATCH // cfg["train"]["batch_size"]
         cfg["train"].update(eval_every=steps, checkpoint_every=10 * steps)
-        cfg["train"]["mixture"]["steps"] = steps
+        cfg["train"][a.kind]["steps"] = steps
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             t0 = time.perf_counter()
-            train.train(cfg, "mixture", a.data, model=out / "model.pt", train_log=out / "log.csv",
+            train.train(cfg, a.kind, a.data, model=out / "model.pt", train_log=out / "log.csv",
                         config_json=out / "config.json", metrics=out / "metrics.json", state=out / "state")
             seconds = time.perf_counter() - t0
-            net, _ = checkpoints.load(out / "model.pt", network.UNet, ("mixture",))
-        psnr = test_psnr(lambda y, s, r: net(y), xt, lt, 0)
-        rows += [dict(recipe=name, steps=steps, seconds=seconds, sigma=s, psnr=p) for s, p in psnr.items()]
+            net, _ = checkpoints.load(out / "model.pt", network.UNet, (a.kind,))
+        if a.kind == "conditional":  # another crop of the same class, as the sweep's "exemplar" rows
+            same = analysis.exemplar_partners(lt, base["seed"])[0]
+            psnr = test_psnr(lambda y, s, r: net(y, xt[same[r]]), xt, lt, 0)
+        else:
+            psnr = test_psnr(lambda y, s, r: net(y), xt, lt, 0)
+        rows += [dict(recipe=name, kind=a.kind, steps=steps, seconds=seconds, sigma=s, psnr=p) for s, p in psnr.items()]
         print(f"{name:28s} {seconds:6.0f} s  " + "  ".join(f"{s:g}:{p:5.2f}" for s, p in psnr.items()), flush=True)
     frame = pd.DataFrame(rows)
     frame["input_psnr"] = [float(network.psnr(xt + s * torch.randn(xt.shape, generator=generator(0, 90, SIGMAS.index(s))),
