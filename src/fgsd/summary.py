@@ -132,11 +132,11 @@ def sample_seed_spread(frames: dict[int, pd.DataFrame]) -> dict:
     return out
 
 
-def feature_numbers(sep: pd.DataFrame, dens: pd.DataFrame) -> dict[str, float]:
+def feature_numbers(sep: pd.DataFrame, extremes: dict, dens: pd.DataFrame) -> dict[str, float]:
     """One training seed's Fig 4-5 numbers, flat: how the density distance ranks against the
     centroid distance (both KL forms, the grid started at half and twice kl_sigma_min, the
     mixture-feature control) with its negative pairs; per model and layer the median and the
-    smallest pair separation ratio and the number of merged pairs."""
+    smallest pair separation ratio and the number of merged pairs. extremes: separation_extremes(sep)."""
     out = {}
     for name, corr in (("mse_gap", correlations(dens)), ("diff_form", correlations(dens, "sym_kl_diff_form")),
                        ("mse_gap_half_min", correlations(dens, "sym_kl_half_min")),
@@ -144,7 +144,7 @@ def feature_numbers(sep: pd.DataFrame, dens: pd.DataFrame) -> dict[str, float]:
                        ("control_mixture_features", correlations(dens, x="centroid_sqdist_mixture"))):
         out |= {f"density.{name}.{k}": float(corr[k]) for k in ("spearman", "pearson", "n_negative")}
     medians = sep.groupby(["model", "layer"]).ratio.median()
-    for model, layers in separation_extremes(sep).items():
+    for model, layers in extremes.items():
         for layer, e in layers.items():
             out |= {f"separation.{model}.{layer}.median_ratio": float(medians[model, layer]),
                     f"separation.{model}.{layer}.min_ratio": e["min_ratio"],
@@ -163,16 +163,17 @@ def feature_seeds(cfg: dict, separation: str | Path, density: str | Path, replic
     dens = [density, *(p for p in replicate_densities.split(",") if p)]
     if not len(seps) == len(dens) == len(seeds):
         raise FgsdError(f"feature_seeds: {len(seps)} separation and {len(dens)} density tables for seeds {seeds}")
-    frames = {seed: (files.load_csv(s), files.load_csv(d)) for seed, s, d in zip(seeds, seps, dens)}
-    per_seed = {seed: feature_numbers(*f) for seed, f in frames.items()}
-    files.save_csv(table, pd.DataFrame([dict(seed=seed, metric=k, value=v) for seed, m in per_seed.items()
-                                        for k, v in m.items()]))
-    merged = {}
-    for seed, (sep, _) in frames.items():
-        for model, layers in separation_extremes(sep).items():
+    per_seed, merged = {}, {}
+    for seed, sep_path, dens_path in zip(seeds, seps, dens):
+        sep = files.load_csv(sep_path)
+        extremes = separation_extremes(sep)
+        per_seed[seed] = feature_numbers(sep, extremes, files.load_csv(dens_path))
+        for model, layers in extremes.items():
             for layer, e in layers.items():
                 for a, b in e["merged"]:
                     merged.setdefault(model, {}).setdefault(layer, {}).setdefault(f"{a} | {b}", []).append(seed)
+    files.save_csv(table, pd.DataFrame([dict(seed=seed, metric=k, value=v) for seed, m in per_seed.items()
+                                        for k, v in m.items()]))
     first = next(iter(per_seed.values()))
     files.save_json(spread_json, {"seeds": seeds, "n_seeds": len(seeds),
                                   **{k: spread([m[k] for m in per_seed.values()]) for k in first},
