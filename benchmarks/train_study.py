@@ -83,6 +83,15 @@ RECIPES = {  # name -> overrides; the same crops are seen under every batch size
     "gated + mixed 0.5 + batch 32 + lr 0.003": recipe("gated", law="mixed", square_share=0.5, batch=32, lr=3e-3),
     "gated + mixed 0.25 + batch 32 + sigma_max 3 + lr 0.003": recipe("gated", law="mixed", square_share=0.25,
                                                                      batch=32, sigma_max=3.0, lr=3e-3),
+    # README "A narrower network for the same minutes": the default recipe at half the widths (half the
+    # step time here), trained for twice the steps (--steps 2600)
+    "gated + mixed 0.5 + batch 32 + lr 0.003 + half width": merge(
+        recipe("gated", law="mixed", square_share=0.5, batch=32, lr=3e-3), {"model": {"widths": [8, 16, 32, 64]}}),
+    # README "Compiled training": the default recipe with its training step compiled (train.compile)
+    "gated + mixed 0.5 + batch 32 + lr 0.003 + compiled": recipe("gated", law="mixed", square_share=0.5, batch=32,
+                                                                 lr=3e-3, compile=True),
+    "gated + mixed 0.5 + batch 32 + lr 0.003 + eager": recipe("gated", law="mixed", square_share=0.5, batch=32,
+                                                              lr=3e-3, compile=False),
 }
 
 

@@ -278,6 +278,43 @@ def test_training_with_ema_resumes_to_the_same_weights(prepared, monkeypatch):
     assert not _same_weights(tmp / "full" / "model.pt", tmp / "raw" / "model.pt"), "the EMA weights are saved"
 
 
+def test_compiled_steps_train_the_saved_model_and_resume_exactly(prepared, monkeypatch):
+    """train.compile (the default): the compiled step must train the module that is evaluated and
+    saved (it shares its weights), land within float noise of the eager run, and a compiled run
+    killed mid-way must resume to the same weights, as the eager one does."""
+    cfg, tmp = prepared
+    cfg["train"]["compile"] = False
+    eager = train_into(cfg, "conditional", tmp / "data", tmp / "eager", tmp / "state_e")
+    cfg["train"]["compile"] = True
+    full = train_into(cfg, "conditional", tmp / "data", tmp / "full", tmp / "state_a")
+    assert files.load_json(tmp / "full" / "config.json")["training_steps"] == "compiled"
+    assert files.load_json(tmp / "eager" / "config.json")["training_steps"] == "eager"
+    assert not _same_weights(tmp / "full" / "model.pt", tmp / "eager" / "model.pt"), "the compiled step never ran"
+    for key, value in eager.items():  # 12 steps of Adam: the two runs differ only by rounding
+        assert full[key] == pytest.approx(value, abs=0.05), key
+    with pytest.raises(train.Interrupted):
+        train_into(cfg, "conditional", tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
+    computed = _counting_steps(monkeypatch)
+    train_into(cfg, "conditional", tmp / "data", tmp / "resumed", tmp / "state_b")
+    assert 0 < len(computed) < cfg["train"]["conditional"]["steps"], "the run was not resumed"
+    assert _same_weights(tmp / "full" / "model.pt", tmp / "resumed" / "model.pt")
+
+
+def test_a_machine_that_cannot_compile_trains_eagerly_and_says_why(prepared, monkeypatch, caplog):
+    cfg, tmp = prepared
+    cfg["train"]["compile"] = True
+
+    def no_compiler(fn, *args, **kwargs):
+        def fails(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return fails
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with caplog.at_level("WARNING", logger="fgsd"):
+        train_into(cfg, "mixture", tmp / "data", tmp / "out", tmp / "state")
+    assert "training mixture eagerly" in caplog.text and "No working C++ compiler" in caplog.text
+    assert files.load_json(tmp / "out" / "config.json")["training_steps"].startswith("eager: InvalidCxxCompiler")
+
+
 def test_a_diverging_run_stops_with_one_line_and_writes_no_model(prepared):
     cfg, tmp = prepared
     cfg["train"]["lr"] = 1e30

@@ -2,6 +2,8 @@
 conversion. Small and torch-only, so no stage imports another stage's module for it."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -31,6 +33,24 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """The inverse of `to_float` (exact for images that came from it), clipping to [0, 1]."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def compiled(net: torch.nn.Module, enabled: bool, who: str) -> tuple[torch.nn.Module, str]:
+    """The module training steps call: torch.compile(net) (TorchInductor; about 1.4x faster steps
+    on a CPU, README "Compiled training") when enabled and the machine can compile, else net itself.
+    It shares net's parameters, so what is saved and evaluated is net. Compiled and eager steps differ
+    in the last float digits, so the second value says which ran ("compiled", "eager", or
+    "eager: <why>" when compiling was asked for and is unavailable, which is also logged)."""
+    if not enabled:
+        return net, "eager"
+    try:  # inductor needs a C++ compiler on a CPU (and triton on CUDA): find out once, on a tiny function
+        torch.compile(lambda a: a * 2 + 1)(torch.ones(2))
+    except Exception as exc:  # any failure here means "cannot compile on this machine"
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        logging.getLogger("fgsd").warning("training %s eagerly: train.compile is true but torch.compile fails on this "
+                                          "machine (%s); set train.compile: false to silence this", who, why)
+        return net, f"eager: {why}"
+    return torch.compile(net), "compiled"
 
 
 def require_finite(loss: torch.Tensor, who: str, step: int, lr: float, lr_key: str, kept: str) -> None:

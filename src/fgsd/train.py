@@ -27,7 +27,7 @@ from . import checkpoints, config, files, network, stages
 from .data import epoch_plan, load_split, other_class_partner
 from .denoisers import denoising_loss
 from .errors import FgsdError
-from .runtime import generator, require_finite, resolve_device, to_float
+from .runtime import compiled, generator, require_finite, resolve_device, to_float
 
 log = logging.getLogger("fgsd")
 
@@ -185,6 +185,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     net = network.build(cfg["model"], channels=x.shape[1], conditional=kind == "conditional").to(dev)
     started_from = warm_start(net, kind, cfg, init)
     opt = torch.optim.Adam(net.parameters(), lr=t["lr"])
+    step_net, ran = compiled(net, t["compile"], kind)
     ema = copy.deepcopy(net) if t["ema"] > 0 else None  # the weights that are evaluated and saved
     final_net = ema if ema is not None else net
     test_psnr = HeldOutPSNR(test_set, cfg["sigmas"], t["eval_crops_per_class"], seed, dev)
@@ -200,8 +201,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             ema.load_state_dict(saved["ema"])
         step, rows, loss_sum, loss_n = saved["step"], saved["rows"], saved["loss_sum"], saved["loss_n"]
 
-    log.info("training %s: %d params, %d crops, %d steps of %d on %s", kind, network.n_params(net),
-             len(x), steps, batch, dev)
+    log.info("training %s: %d params, %d crops, %d steps of %d on %s (%s)", kind, network.n_params(net),
+             len(x), steps, batch, dev, ran)
     net.train()
     epoch, order, partner = None, None, None
     first = step
@@ -214,7 +215,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             order, partner = epoch_plan(generator(seed, 1, epoch), labels)
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         cond = x[partner[idx]].to(dev) if kind == "conditional" else None
-        loss = denoising_loss(net, x[idx].to(dev), cond, generator(seed, 3, step), sigma_max=t["sigma_max"],
+        loss = denoising_loss(step_net, x[idx].to(dev), cond, generator(seed, 3, step), sigma_max=t["sigma_max"],
                               weight=t["loss_weight"], sigma_data=t["sigma_data"], law=t["sigma_law"],
                               sigma_min=t["sigma_min"], square_share=t["square_share"])
         for group in opt.param_groups:
@@ -256,7 +257,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     final = {k: v for k, v in rows[-1].items() if k.startswith("psnr")}
     files.save_json(config_json, dict(kind=kind, model_config=net.config, **meta, params=tracked,
                                       n_params=network.n_params(net), data_sha256=manifest["sha256"],
-                                      steps_per_epoch=per_epoch, **started_from))
+                                      steps_per_epoch=per_epoch, training_steps=ran, **started_from))
     files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
                                   test_psnr=final, n_test=len(test_psnr.clean),
                                   **({"wrong_exemplar_cost_db": cost} if cost else {})))
