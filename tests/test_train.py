@@ -38,6 +38,17 @@ def _counting_steps(monkeypatch) -> list:
     return calls
 
 
+def _interrupted_and_resumed(cfg: dict, kind: str, tmp, monkeypatch):
+    """Train `kind` into tmp/resumed, interrupted after step 4, then again; the second run must
+    resume (compute fewer than all steps). Returns its model file."""
+    with pytest.raises(train.Interrupted):
+        train_into(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
+    computed = _counting_steps(monkeypatch)
+    train_into(cfg, kind, tmp / "data", tmp / "resumed", tmp / "state_b")
+    assert 0 < len(computed) < cfg["train"][kind]["steps"], "the run was not resumed"
+    return tmp / "resumed" / "model.pt"
+
+
 @pytest.mark.parametrize("kind", ["conditional", "mixture"])
 def test_resumed_training_ends_with_the_same_weights(prepared, kind, monkeypatch, caplog):
     """Training is a pure function of seed and step, so equal weights alone do not prove a resume:
@@ -267,12 +278,7 @@ def test_training_with_ema_resumes_to_the_same_weights(prepared, monkeypatch):
     cfg, tmp = prepared
     cfg["train"].update(ema=0.9, lr_schedule="cosine", loss_weight="edm", sigma_max=2.0)
     train_into(cfg, "mixture", tmp / "data", tmp / "full", tmp / "state_a")
-    with pytest.raises(train.Interrupted):
-        train_into(cfg, "mixture", tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
-    computed = _counting_steps(monkeypatch)
-    train_into(cfg, "mixture", tmp / "data", tmp / "resumed", tmp / "state_b")
-    assert 0 < len(computed) < cfg["train"]["mixture"]["steps"], "the run was not resumed"
-    assert _same_weights(tmp / "full" / "model.pt", tmp / "resumed" / "model.pt")
+    assert _same_weights(tmp / "full" / "model.pt", _interrupted_and_resumed(cfg, "mixture", tmp, monkeypatch))
     cfg["train"]["ema"] = 0.0
     train_into(cfg, "mixture", tmp / "data", tmp / "raw", tmp / "state_c")
     assert not _same_weights(tmp / "full" / "model.pt", tmp / "raw" / "model.pt"), "the EMA weights are saved"
@@ -292,12 +298,7 @@ def test_compiled_steps_train_the_saved_model_and_resume_exactly(prepared, monke
     assert not _same_weights(tmp / "full" / "model.pt", tmp / "eager" / "model.pt"), "the compiled step never ran"
     for key, value in eager.items():  # 12 steps of Adam: the two runs differ only by rounding
         assert full[key] == pytest.approx(value, abs=0.05), key
-    with pytest.raises(train.Interrupted):
-        train_into(cfg, "conditional", tmp / "data", tmp / "resumed", tmp / "state_b", interrupt_after=4)
-    computed = _counting_steps(monkeypatch)
-    train_into(cfg, "conditional", tmp / "data", tmp / "resumed", tmp / "state_b")
-    assert 0 < len(computed) < cfg["train"]["conditional"]["steps"], "the run was not resumed"
-    assert _same_weights(tmp / "full" / "model.pt", tmp / "resumed" / "model.pt")
+    assert _same_weights(tmp / "full" / "model.pt", _interrupted_and_resumed(cfg, "conditional", tmp, monkeypatch))
 
 
 def test_a_machine_that_cannot_compile_trains_eagerly_and_says_why(prepared, monkeypatch, caplog):

@@ -43,8 +43,8 @@ def compiled(net: torch.nn.Module, enabled: bool, who: str) -> tuple[torch.nn.Mo
     "eager: <why>" when compiling was asked for and is unavailable, which is also logged)."""
     if not enabled:
         return net, "eager"
-    try:  # inductor needs a C++ compiler on a CPU (and triton on CUDA): find out once, on a tiny function
-        torch.compile(lambda a: a * 2 + 1)(torch.ones(2))
+    try:  # inductor needs a C++ compiler on a CPU (and triton on CUDA): find out on a tiny function, there
+        torch.compile(lambda a: a * 2 + 1)(torch.ones(2, device=next(net.parameters()).device))
     except Exception as exc:  # any failure here means "cannot compile on this machine"
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         logging.getLogger("fgsd").warning("training %s eagerly: train.compile is true but torch.compile fails on this "
