@@ -1,6 +1,6 @@
 """Speed measurements (never timed assertions in tests). Each writes one CSV under benchmarks/out/.
 
-    python benchmarks/bench.py throughput   # training img/s and GFLOP/s per model, sampler NFE/s, ceilings
+    python benchmarks/bench.py throughput   # training img/s and GFLOP/s per model (eager and compiled), sampler NFE/s, ceilings
     python benchmarks/bench.py pipeline     # no-op re-run time of snakemake and dvc repro (needs a finished
                                             # main job), and the main job's time from its benchmark TSVs
     python benchmarks/bench.py flops --params params.yaml config/paper.yaml   # FLOPs per training step
@@ -61,13 +61,17 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
 
-        def step():  # the training stage's own loss: sigma = u^2, summed over pixels, mean over the batch
-            loss = denoising_loss(model, x, cond if model.match else None, generator(0, 3, 0))
+        def step(net=model):  # the training stage's own loss: sigma = u^2, summed over pixels, mean over the batch
+            loss = denoising_loss(net, x, cond if model.match else None, generator(0, 3, 0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sec, f = timed(step, 2, reps), flops(step)
         rows.append(dict(what=f"train step {kind}", batch=batch, seconds=sec, images_per_s=batch / sec,
+                         gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
+        fast = torch.compile(model)  # train.compile: the same step through TorchInductor (warm-up compiles it)
+        sec = timed(lambda: step(fast), 3, reps)
+        rows.append(dict(what=f"train step {kind}, compiled", batch=batch, seconds=sec, images_per_s=batch / sec,
                          gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
         model.eval()
         n = 176  # the conditional sample set of the default preset
