@@ -1,5 +1,6 @@
-"""Plumbing every stage shares: the device, seeded RNG streams and the uint8 <-> float image
-conversion. Small and torch-only, so no stage imports another stage's module for it."""
+"""Plumbing every stage shares: the device, seeded RNG streams, the uint8 <-> float image
+conversion and compiled training steps. Small and torch-only, so no stage imports another
+stage's module for it."""
 from __future__ import annotations
 
 import logging
