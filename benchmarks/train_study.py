@@ -40,12 +40,13 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def recipe(output: str = "residual", schedule: str = "cosine", law: str = "square", batch: int = 64,
-           lr: float = 0.001, sigma_max: float = 1.0, **train) -> dict:
+           lr: float = 0.001, sigma_max: float = 1.0, precision: str = "fp32", **train) -> dict:
     """Overrides of params.yaml's model / train sections. Every recipe names its output, schedule,
-    noise law, batch, peak rate and noise range, so a row keeps its meaning when the defaults move
-    (the rows of README "Training recipe" were measured at 0.001 and sigma_max 1 unless named)."""
+    noise law, batch, peak rate, noise range and float precision, so a row keeps its meaning when
+    the defaults move (the rows of README "Training recipe" were measured at 0.001, sigma_max 1
+    and float32 unless named)."""
     return {"model": {"output": output}, "train": {"lr_schedule": schedule, "sigma_law": law, "batch_size": batch,
-                                                   "lr": lr, "sigma_max": sigma_max, **train}}
+                                                   "lr": lr, "sigma_max": sigma_max, "precision": precision, **train}}
 
 
 BIAS_FREE = {"model": {"bias": False, "upsample_bias": False}}
@@ -92,6 +93,10 @@ RECIPES = {  # name -> overrides; the same crops are seen under every batch size
                                                                  lr=3e-3, compile=True),
     "gated + mixed 0.5 + batch 32 + lr 0.003 + eager": recipe("gated", law="mixed", square_share=0.5, batch=32,
                                                               lr=3e-3, compile=False),
+    # README "bfloat16 training": the compiled default with its forward pass in bf16 autocast (train.precision)
+    "gated + mixed 0.5 + batch 32 + lr 0.003 + compiled + bf16": recipe("gated", law="mixed", square_share=0.5,
+                                                                        batch=32, lr=3e-3, compile=True,
+                                                                        precision="bf16"),
 }
 
 

@@ -30,43 +30,72 @@ def test_exact_integrand_converges_to_the_closed_form_as_the_grid_is_refined(pai
     assert errors[-1] < 1e-3 * truth
 
 
+def _draw(m, c, n, g):
+    return m + torch.randn(n, len(m), generator=g, dtype=torch.float64) @ torch.linalg.cholesky(c).T
+
+
+def _symmetric(x0, x1, d0, d1, sigmas, n_noise=2):
+    """Both KL forms of the pair (0, 1) through `class_gaps`, as the density stage integrates them."""
+    gaps = kl.class_gaps({0: x0, 1: x1}, kl.by_class({0: d0, 1: d1}), [(0, 1)], sigmas, n_noise,
+                         {0: torch.Generator().manual_seed(1), 1: torch.Generator().manual_seed(2)})
+    both = gaps[0, 1] + gaps[1, 0]
+    return np.array([kl.integrate(sigmas, both[:, 0]), kl.integrate(sigmas, both[:, 1])])
+
+
 def test_monte_carlo_estimator_matches_the_symmetric_kl_within_5_percent(pair):
     (m0, c0), (m1, c1) = pair
     g = torch.Generator().manual_seed(0)
-    chol0, chol1 = torch.linalg.cholesky(c0), torch.linalg.cholesky(c1)
-    x0 = m0 + torch.randn(4000, 6, generator=g, dtype=torch.float64) @ chol0.T
-    x1 = m1 + torch.randn(4000, 6, generator=g, dtype=torch.float64) @ chol1.T
-    sigmas = kl.log_grid(1e-3, 1e3, 48)
-
-    def estimate(x, p, q):
-        gaps = np.array([kl.mse_gap(x, kl.gaussian_denoiser(*p), kl.gaussian_denoiser(*q), s, 2, g)
-                         for s in sigmas])
-        return np.array([kl.integrate(sigmas, gaps[:, 0]), kl.integrate(sigmas, gaps[:, 1])])
-
-    sym = estimate(x0, (m0, c0), (m1, c1)) + estimate(x1, (m1, c1), (m0, c0))
+    x0, x1 = _draw(m0, c0, 4000, g), _draw(m1, c1, 4000, g)
+    sym = _symmetric(x0, x1, kl.gaussian_denoiser(m0, c0), kl.gaussian_denoiser(m1, c1), kl.log_grid(1e-3, 1e3, 48))
     truth = kl.gaussian_kl(m0, c0, m1, c1) + kl.gaussian_kl(m1, c1, m0, c0)
     assert sym[0] == pytest.approx(truth, rel=0.05), "MSE-gap form"
     assert sym[1] == pytest.approx(truth, rel=0.05), "difference form"
 
 
 def test_a_wrong_denoiser_is_detected(pair):
-    """The estimator is not blind: a mis-specified q-denoiser gives a clearly different value."""
+    """The estimator is not blind: a mis-specified denoiser of class 1 gives a clearly different value."""
     (m0, c0), (m1, c1) = pair
     g = torch.Generator().manual_seed(0)
-    x0 = m0 + torch.randn(4000, 6, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(c0).T
-    sigmas = kl.log_grid(1e-3, 1e3, 48)
-    est = kl.integrate(sigmas, np.array([kl.mse_gap(x0, kl.gaussian_denoiser(m0, c0),
-                                                    kl.gaussian_denoiser(m1, 2 * c1), s, 2, g)[0] for s in sigmas]))
-    assert abs(est - kl.gaussian_kl(m0, c0, m1, c1)) > 0.2 * kl.gaussian_kl(m0, c0, m1, c1)
+    x0, x1 = _draw(m0, c0, 4000, g), _draw(m1, c1, 4000, g)
+    sym = _symmetric(x0, x1, kl.gaussian_denoiser(m0, c0), kl.gaussian_denoiser(m1, 2 * c1), kl.log_grid(1e-3, 1e3, 48))
+    truth = kl.gaussian_kl(m0, c0, m1, c1) + kl.gaussian_kl(m1, c1, m0, c0)
+    assert abs(sym[0] - truth) > 0.2 * truth
 
 
 def test_identical_denoisers_give_zero(pair):
     (m0, c0), _ = pair
     x = m0 + torch.randn(100, 6, dtype=torch.float64)
     d = kl.gaussian_denoiser(m0, c0)
-    value, value_sq, gaps = kl.kl_divergence(x, d, d, np.array([0.1, 0.2]), 1,
-                                   torch.Generator().manual_seed(0))
-    assert value == 0 and value_sq == 0 and (gaps == 0).all()
+    gaps = kl.class_gaps({0: x, 1: x[:50]}, kl.by_class({0: d, 1: d}), [(0, 1)], np.array([0.1, 0.2]), 1,
+                         {0: torch.Generator().manual_seed(0), 1: torch.Generator().manual_seed(1)})
+    assert set(gaps) == {(0, 1), (1, 0)} and all((v == 0).all() for v in gaps.values())
+
+
+def test_a_pairs_gaps_do_not_depend_on_the_other_pairs_estimated():
+    """Each class's crops are noised from its own generator and its partners share that noise:
+    pair (1, 2) comes out the same alone or among all pairs of three classes, and each ordered
+    pair's gap equals the pair-by-pair estimate with that noise."""
+    classes = {c: _gaussian(4, c, 0.1 * c) for c in range(3)}
+    g = torch.Generator().manual_seed(0)
+    x = {c: _draw(m, cov, 64, g) for c, (m, cov) in classes.items()}
+    den = kl.by_class({c: kl.gaussian_denoiser(*mc) for c, mc in classes.items()})
+    sigmas = np.array([0.05, 0.3, 1.0])
+
+    def run(pairs):
+        return kl.class_gaps(x, den, pairs, sigmas, 2, {c: torch.Generator().manual_seed(10 + c) for c in classes})
+    alone, among = run([(1, 2)]), run([(0, 1), (0, 2), (1, 2)])
+    for key in ((1, 2), (2, 1)):
+        np.testing.assert_allclose(alone[key], among[key], rtol=1e-12)
+    noise = torch.Generator().manual_seed(12)  # class 2's stream, as class_gaps draws it: per sigma, per draw
+    expect = np.zeros((len(sigmas), 2))
+    for k, s in enumerate(sigmas):
+        for _ in range(2):
+            y = x[2] + s * torch.randn(x[2].shape, generator=noise, dtype=x[2].dtype)
+            lvl = torch.full((len(y),), s, dtype=y.dtype)
+            own, other = kl.gaussian_denoiser(*classes[2])(y, lvl), kl.gaussian_denoiser(*classes[0])(y, lvl)
+            expect[k] += [float(((other - x[2]) ** 2).sum() - ((own - x[2]) ** 2).sum()) / 128,
+                          float(((other - own) ** 2).sum()) / 128]
+    np.testing.assert_allclose(among[2, 0], expect, rtol=1e-10)
 
 
 def _shapes(d=16):

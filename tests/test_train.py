@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import train_cli, train_into
 
-from fgsd import centroids, checkpoints, data, files, network, train
+from fgsd import centroids, checkpoints, data, files, network, runtime, train
 from fgsd.errors import FgsdError
 from fgsd.runtime import generator
 
@@ -314,6 +314,38 @@ def test_a_machine_that_cannot_compile_trains_eagerly_and_says_why(prepared, mon
         train_into(cfg, "mixture", tmp / "data", tmp / "out", tmp / "state")
     assert "training mixture eagerly" in caplog.text and "No working C++ compiler" in caplog.text
     assert files.load_json(tmp / "out" / "config.json")["training_steps"].startswith("eager: InvalidCxxCompiler")
+
+
+def test_bf16_steps_train_float32_weights_close_to_fp32_and_resume_exactly(prepared, monkeypatch):
+    """train.precision: bf16 (forced on, so a machine without native bf16 tests it too, emulated):
+    the forward pass runs in bfloat16, the saved weights stay float32 within rounding of the fp32
+    run, and a bf16 run killed mid-way resumes to the same weights."""
+    cfg, tmp = prepared
+    monkeypatch.setattr(runtime, "bf16_native", lambda device: True)
+    cfg["train"]["precision"] = "fp32"
+    fp32 = train_into(cfg, "conditional", tmp / "data", tmp / "fp32", tmp / "state_f")
+    cfg["train"]["precision"] = "bf16"
+    bf16 = train_into(cfg, "conditional", tmp / "data", tmp / "full", tmp / "state_a")
+    assert files.load_json(tmp / "full" / "config.json")["training_precision"] == "bf16"
+    assert files.load_json(tmp / "fp32" / "config.json")["training_precision"] == "fp32"
+    assert all(w.dtype == torch.float32 for w in _weights(tmp / "full" / "model.pt").values() if w.is_floating_point())
+    assert not _same_weights(tmp / "full" / "model.pt", tmp / "fp32" / "model.pt"), "bf16 autocast never ran"
+    for key, value in fp32.items():  # 12 steps: the two runs differ by bf16 rounding only
+        assert bf16[key] == pytest.approx(value, abs=0.3), key
+    assert _same_weights(tmp / "full" / "model.pt", _interrupted_and_resumed(cfg, "conditional", tmp, monkeypatch))
+
+
+def test_a_device_without_native_bf16_trains_in_fp32_and_says_why(prepared, monkeypatch, caplog):
+    cfg, tmp = prepared
+    cfg["train"]["precision"] = "fp32"
+    train_into(cfg, "mixture", tmp / "data", tmp / "fp32", tmp / "state_f")
+    monkeypatch.setattr(runtime, "bf16_native", lambda device: False)
+    cfg["train"]["precision"] = "bf16"
+    with caplog.at_level("WARNING", logger="fgsd"):
+        train_into(cfg, "mixture", tmp / "data", tmp / "out", tmp / "state")
+    assert "training mixture in float32" in caplog.text and "no native bfloat16" in caplog.text
+    assert files.load_json(tmp / "out" / "config.json")["training_precision"] == "fp32: cpu has no native bfloat16"
+    assert _same_weights(tmp / "out" / "model.pt", tmp / "fp32" / "model.pt"), "the fallback is plain float32"
 
 
 def test_a_diverging_run_stops_with_one_line_and_writes_no_model(prepared):

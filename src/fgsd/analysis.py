@@ -150,13 +150,17 @@ def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Pa
     if len(pairs) > a["kl_max_pairs"]:
         keep = np.random.default_rng(seed).choice(len(pairs), a["kl_max_pairs"], replace=False)
         pairs = [pairs[k] for k in sorted(keep)]
-    def denoiser(c):  # the conditional denoiser with class c's centroid for every row, one batch per call
-        return unet(net, dev, {b: v.expand(len(x), -1) for b, v in centroids[c].items()}, batch=len(x))
+    by_label = {b: torch.zeros(max(centroids) + 1, v.shape[-1], dtype=v.dtype) for b, v in centroids[pairs[0][0]].items()}
+    for c, cond in centroids.items():  # row c: class c's centroid, so a crop's `rows` entry names its conditioner
+        for b, v in cond.items():
+            by_label[b][c] = v.reshape(-1)
+    conditional = unet(net, dev, by_label)
+    crops = {c: x[labels == c] for c in centroids}
+    gaps = kl.class_gaps(crops, conditional, pairs, sigmas, a["kl_n_noise"],
+                         {c: generator(seed, 30, c) for c in centroids})
     rows = []
     for ya, yb in pairs:
-        g = generator(seed, 30, ya, yb)
-        _, _, gap_ab = kl.kl_divergence(x[labels == ya], denoiser(ya), denoiser(yb), sigmas, a["kl_n_noise"], g)
-        _, _, gap_ba = kl.kl_divergence(x[labels == yb], denoiser(yb), denoiser(ya), sigmas, a["kl_n_noise"], g)
+        gap_ab, gap_ba = gaps[ya, yb], gaps[yb, ya]
         row = dict(cls_a=str(test["classes"][ya]), cls_b=str(test["classes"][yb]),
                    kl_ab=kl.integrate(grid, gap_ab[on_grid, 0]), kl_ba=kl.integrate(grid, gap_ba[on_grid, 0]))
         for suffix, keep in spans.items():

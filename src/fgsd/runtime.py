@@ -1,8 +1,9 @@
 """Plumbing every stage shares: the device, seeded RNG streams, the uint8 <-> float image
-conversion and compiled training steps. Small and torch-only, so no stage imports another
+conversion, compiled and bfloat16 training steps. Small and torch-only, so no stage imports another
 stage's module for it."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -52,6 +53,29 @@ def compiled(net: torch.nn.Module, enabled: bool, who: str) -> tuple[torch.nn.Mo
                                           "machine (%s); set train.compile: false to silence this", who, why)
         return net, f"eager: {why}"
     return torch.compile(net), "compiled"
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether the device computes bfloat16 in hardware: a GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere torch emulates bf16 convolutions, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast(device: torch.device, precision: str, who: str) -> tuple[contextlib.AbstractContextManager, str]:
+    """The context a training step's forward pass and loss run in: bfloat16 autocast
+    (train.precision: bf16; the weights, the optimiser state and every evaluation stay float32)
+    when the device computes bf16 natively, else nothing. The second value says which ran
+    ("bf16", "fp32", or "fp32: <why>" when bf16 was asked for and is not native, which is logged)."""
+    if precision == "fp32":
+        return contextlib.nullcontext(), "fp32"
+    if not bf16_native(device):
+        why = f"{device.type} has no native bfloat16"
+        logging.getLogger("fgsd").warning("training %s in float32: train.precision is bf16 but this %s; set "
+                                          "train.precision: fp32 to silence this", who, why)
+        return contextlib.nullcontext(), f"fp32: {why}"
+    return torch.autocast(device.type, dtype=torch.bfloat16), "bf16"
 
 
 def require_finite(loss: torch.Tensor, who: str, step: int, lr: float, lr_key: str, kept: str) -> None:

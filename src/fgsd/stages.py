@@ -80,7 +80,8 @@ def parse_setting(name: str) -> tuple[int, float]:
 MODEL_KEYS = ("model.widths", "model.enc_convs", "model.mid_convs", "model.dec_convs", "model.output", "model.bias",
               "model.upsample_bias")
 TRAIN_KEYS = ("seed", "device", *MODEL_KEYS, "train.batch_size", "train.lr", "train.lr_schedule", "train.lr_decay_every",
-              "train.lr_decay_factor", "train.ema", "train.compile", "train.sigma_max", "train.sigma_law", "train.sigma_min",
+              "train.lr_decay_factor", "train.ema", "train.compile", "train.precision",
+              "train.sigma_max", "train.sigma_law", "train.sigma_min",
               "train.square_share", "train.loss_weight", "train.sigma_data", "train.checkpoint_every",
               "train.eval_every", "train.eval_crops_per_class", "sigmas")
 # The training recipe: what the study's trainings read from `train` (the study sets the rest).

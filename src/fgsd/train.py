@@ -27,7 +27,7 @@ from . import checkpoints, config, files, network, stages
 from .data import epoch_plan, load_split, other_class_partner
 from .denoisers import denoising_loss
 from .errors import FgsdError
-from .runtime import compiled, generator, require_finite, resolve_device, to_float
+from .runtime import autocast, compiled, generator, require_finite, resolve_device, to_float
 
 log = logging.getLogger("fgsd")
 
@@ -186,6 +186,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     started_from = warm_start(net, kind, cfg, init)
     opt = torch.optim.Adam(net.parameters(), lr=t["lr"])
     step_net, ran = compiled(net, t["compile"], kind)
+    precision, float_format = autocast(dev, t["precision"], kind)
     ema = copy.deepcopy(net) if t["ema"] > 0 else None  # the weights that are evaluated and saved
     final_net = ema if ema is not None else net
     test_psnr = HeldOutPSNR(test_set, cfg["sigmas"], t["eval_crops_per_class"], seed, dev)
@@ -201,8 +202,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             ema.load_state_dict(saved["ema"])
         step, rows, loss_sum, loss_n = saved["step"], saved["rows"], saved["loss_sum"], saved["loss_n"]
 
-    log.info("training %s: %d params, %d crops, %d steps of %d on %s (%s)", kind, network.n_params(net),
-             len(x), steps, batch, dev, ran)
+    log.info("training %s: %d params, %d crops, %d steps of %d on %s (%s, %s)", kind, network.n_params(net),
+             len(x), steps, batch, dev, ran, float_format)
     net.train()
     epoch, order, partner = None, None, None
     first = step
@@ -215,9 +216,10 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             order, partner = epoch_plan(generator(seed, 1, epoch), labels)
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
         cond = x[partner[idx]].to(dev) if kind == "conditional" else None
-        loss = denoising_loss(step_net, x[idx].to(dev), cond, generator(seed, 3, step), sigma_max=t["sigma_max"],
-                              weight=t["loss_weight"], sigma_data=t["sigma_data"], law=t["sigma_law"],
-                              sigma_min=t["sigma_min"], square_share=t["square_share"])
+        with precision:
+            loss = denoising_loss(step_net, x[idx].to(dev), cond, generator(seed, 3, step), sigma_max=t["sigma_max"],
+                                  weight=t["loss_weight"], sigma_data=t["sigma_data"], law=t["sigma_law"],
+                                  sigma_min=t["sigma_min"], square_share=t["square_share"])
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
         require_finite(loss, kind, step + 1, learning_rate(t, step, steps), lr_key, keeper.last_good())
@@ -257,7 +259,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     final = {k: v for k, v in rows[-1].items() if k.startswith("psnr")}
     files.save_json(config_json, dict(kind=kind, model_config=net.config, **meta, params=tracked,
                                       n_params=network.n_params(net), data_sha256=manifest["sha256"],
-                                      steps_per_epoch=per_epoch, training_steps=ran, **started_from))
+                                      steps_per_epoch=per_epoch, training_steps=ran, training_precision=float_format,
+                                      **started_from))
     files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
                                   test_psnr=final, n_test=len(test_psnr.clean),
                                   **({"wrong_exemplar_cost_db": cost} if cost else {})))
