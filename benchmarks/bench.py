@@ -1,6 +1,6 @@
 """Speed measurements (never timed assertions in tests). Each writes one CSV under benchmarks/out/.
 
-    python benchmarks/bench.py throughput   # training img/s and GFLOP/s per model (eager and compiled), sampler NFE/s, ceilings
+    python benchmarks/bench.py throughput   # training img/s and GFLOP/s (eager, compiled, compiled bf16), sampler NFE/s
     python benchmarks/bench.py pipeline     # no-op re-run time of snakemake and dvc repro (needs a finished
                                             # main job), and the main job's time from its benchmark TSVs
     python benchmarks/bench.py flops --params params.yaml config/paper.yaml   # FLOPs per training step
@@ -11,6 +11,7 @@ FLOPs come from torch's flop counter (a multiply-add counts 2). The ceilings are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from fgsd import config, network  # noqa: E402
 from fgsd.denoisers import denoising_loss  # noqa: E402
-from fgsd.runtime import generator  # noqa: E402
+from fgsd.runtime import bf16_native, generator  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 DESIGN_CEILINGS_GFLOPS = {"fma_peak_2core": 190.0, "unet_conv_2core": 60.0}
@@ -61,8 +62,9 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
 
-        def step(net=model):  # the training stage's own loss: sigma = u^2, summed over pixels, mean over the batch
-            loss = denoising_loss(net, x, cond if model.match else None, generator(0, 3, 0))
+        def step(net=model, precision=None):  # the training stage's loss: sigma = u^2, pixel sum, batch mean
+            with precision or contextlib.nullcontext():  # train.precision: bf16 autocasts the loss alone
+                loss = denoising_loss(net, x, cond if model.match else None, generator(0, 3, 0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -73,6 +75,10 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
         sec = timed(lambda: step(fast), 3, reps)
         rows.append(dict(what=f"train step {kind}, compiled", batch=batch, seconds=sec, images_per_s=batch / sec,
                          gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
+        if bf16_native(torch.device("cpu")):  # train.precision: bf16, as the training stage runs it
+            sec = timed(lambda: step(fast, torch.autocast("cpu", dtype=torch.bfloat16)), 3, reps)
+            rows.append(dict(what=f"train step {kind}, compiled bf16", batch=batch, seconds=sec,
+                             images_per_s=batch / sec, gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
         model.eval()
         n = 176  # the conditional sample set of the default preset
         y = torch.rand(n, 1, size, size)
