@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from fgsd import config, network  # noqa: E402
 from fgsd.denoisers import denoising_loss  # noqa: E402
-from fgsd.runtime import bf16_native, generator  # noqa: E402
+from fgsd.runtime import autocast, generator  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 DESIGN_CEILINGS_GFLOPS = {"fma_peak_2core": 190.0, "unet_conv_2core": 60.0}
@@ -52,6 +52,12 @@ def sgemm_gflops(n: int = 2048) -> float:
     return 2 * n ** 3 / timed(lambda: a @ b, 2, 5) / 1e9
 
 
+def timing_row(what: str, n: int, seconds: float, gflop: float) -> dict:
+    """One row of the throughput table: n images per call, `seconds` and `gflop` per call."""
+    return dict(what=what, batch=n, seconds=seconds, images_per_s=n / seconds, gflop_per_call=gflop,
+                gflops=gflop / seconds)
+
+
 def throughput(cfg: dict, reps: int) -> pd.DataFrame:
     size, batch = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
     rows = []
@@ -68,25 +74,21 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sec, f = timed(step, 2, reps), flops(step)
-        rows.append(dict(what=f"train step {kind}", batch=batch, seconds=sec, images_per_s=batch / sec,
-                         gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
+        f = flops(step) / 1e9
+        rows.append(timing_row(f"train step {kind}", batch, timed(step, 2, reps), f))
         fast = torch.compile(model)  # train.compile: the same step through TorchInductor (warm-up compiles it)
-        sec = timed(lambda: step(fast), 3, reps)
-        rows.append(dict(what=f"train step {kind}, compiled", batch=batch, seconds=sec, images_per_s=batch / sec,
-                         gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
-        if bf16_native(torch.device("cpu")):  # train.precision: bf16, as the training stage runs it
-            sec = timed(lambda: step(fast, torch.autocast("cpu", dtype=torch.bfloat16)), 3, reps)
-            rows.append(dict(what=f"train step {kind}, compiled bf16", batch=batch, seconds=sec,
-                             images_per_s=batch / sec, gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
+        rows.append(timing_row(f"train step {kind}, compiled", batch, timed(lambda: step(fast), 3, reps), f))
+        bf16, ran = autocast(torch.device("cpu"), "bf16", "the benchmark")  # train.precision: bf16, as training runs it
+        if ran == "bf16":
+            rows.append(timing_row(f"train step {kind}, compiled bf16", batch,
+                                   timed(lambda: step(fast, bf16), 3, reps), f))
         model.eval()
         n = 176  # the conditional sample set of the default preset
         y = torch.rand(n, 1, size, size)
         phi = {b: v.expand(n, -1) for b, v in model.condition(cond, average=True).items()} if model.match else None
         with torch.no_grad():
-            sec, f = timed(lambda: model(y, phi), 1, reps), flops(lambda: model(y, phi))
-        rows.append(dict(what=f"sampler NFE {kind}", batch=n, seconds=sec, images_per_s=n / sec,
-                         gflop_per_call=f / 1e9, gflops=f / sec / 1e9))
+            rows.append(timing_row(f"sampler NFE {kind}", n, timed(lambda: model(y, phi), 1, reps),
+                                   flops(lambda: model(y, phi)) / 1e9))
     df = pd.DataFrame(rows)
     df["frac_of_sgemm_here"] = df.gflops / ceiling
     for name, value in DESIGN_CEILINGS_GFLOPS.items():

@@ -150,7 +150,8 @@ def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Pa
     if len(pairs) > a["kl_max_pairs"]:
         keep = np.random.default_rng(seed).choice(len(pairs), a["kl_max_pairs"], replace=False)
         pairs = [pairs[k] for k in sorted(keep)]
-    by_label = {b: torch.zeros(max(centroids) + 1, v.shape[-1], dtype=v.dtype) for b, v in centroids[pairs[0][0]].items()}
+    blocks = next(iter(centroids.values()))  # every class has the same matched blocks
+    by_label = {b: torch.zeros(max(centroids) + 1, v.shape[-1], dtype=v.dtype) for b, v in blocks.items()}
     for c, cond in centroids.items():  # row c: class c's centroid, so a crop's `rows` entry names its conditioner
         for b, v in cond.items():
             by_label[b][c] = v.reshape(-1)
