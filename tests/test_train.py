@@ -377,3 +377,33 @@ def test_a_diverging_classifier_stops_with_one_line(prepared):
     with pytest.raises(FgsdError, match=r"training classifier diverged: the loss is (nan|inf) at step \d+"):
         classifier.train_classifier(cfg, tmp / "data", tmp / "c" / "model.pt", tmp / "c" / "metrics.json", "cpu")
     assert not (tmp / "c").exists()
+
+
+def test_the_judge_guide_and_d2c_trainings_follow_train_precision(prepared, monkeypatch):
+    """train.precision is one switch for every training step: the judge, the ADM-G guide and D2C's
+    autoencoder and prior train in bf16 autocast too (forced on, so a machine without native bf16
+    emulates it), record it, and end with weights that differ from a float32 run's."""
+    from fgsd import classifier, d2c, guide
+    cfg, tmp = prepared
+    monkeypatch.setattr(runtime, "bf16_native", lambda device: True)
+    cfg["evaluate"]["classifier_steps"] = 6
+    cfg["guide"].update(steps=40, batch_size=16, eval_every=40, checkpoint_every=100)  # past its chance guard
+    cfg["d2c"].update(ae_steps=6, ae_batch=16, queue=32, eval_every=6, checkpoint_every=100, prior_steps=6,
+                      prior_batch=16, protocol="transductive")
+
+    def trainings(out):
+        out.mkdir()
+        classifier.train_classifier(cfg, tmp / "data", out / "judge.pt", out / "judge.json", "cpu")
+        guide.train_guide(cfg, tmp / "data", out / "guide.pt", out / "g.csv", out / "guide.json", out / "s", "cpu")
+        d2c.train_autoencoder(cfg, tmp / "data", out / "ae.pt", out / "a.csv", out / "ae.json", out / "s", "cpu")
+        d2c.train_prior(cfg, tmp / "data", tmp / "fp32" / "ae.pt", out / "prior.pt", out / "p.csv",  # one encoder
+                        out / "prior.json", out / "s", "cpu")
+
+    for precision in ("fp32", "bf16"):
+        cfg["train"]["precision"] = precision
+        trainings(tmp / precision)
+    for name in ("judge", "guide", "ae", "prior"):
+        metrics = files.load_json(tmp / "bf16" / f"{name}.json")
+        assert metrics["training_precision"] == "bf16", name
+        assert files.load_json(tmp / "fp32" / f"{name}.json")["training_precision"] == "fp32", name
+        assert not _same_weights(tmp / "bf16" / f"{name}.pt", tmp / "fp32" / f"{name}.pt"), f"{name}: no autocast"

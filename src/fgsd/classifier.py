@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import checkpoints, files
 from .data import labelled_crops
-from .runtime import generator, require_finite, resolve_device
+from .runtime import autocast, generator, require_finite, resolve_device
 
 log = logging.getLogger("fgsd")
 
@@ -93,13 +93,15 @@ def train_classifier(cfg: dict, data: str | Path, model: str | Path, metrics: st
                        e["feature_dim"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=e["classifier_lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, e["classifier_steps"])
+    precision, float_format = autocast(device, cfg["train"]["precision"], "the classifier")
     bar = tqdm(range(e["classifier_steps"]), desc="classifier", unit="step")
     for step in bar:
         g = generator(seed, 31, step)
         idx = torch.randint(len(x), (e["classifier_batch"],), generator=g)
         xb, yb = with_negatives(augment(x[idx], g), y[idx], e["phase_negatives"], synthetic, g)
-        _, logits = model(xb.to(device))
-        loss = nn.functional.cross_entropy(logits, yb.to(device))
+        with precision:  # train.precision: bf16 autocasts the forward pass and loss alone
+            _, logits = model(xb.to(device))
+            loss = nn.functional.cross_entropy(logits, yb.to(device))
         require_finite(loss, "classifier", step + 1, sched.get_last_lr()[0], "evaluate.classifier_lr",
                        "it keeps no state and retrains from scratch")
         opt.zero_grad(set_to_none=True)
@@ -110,7 +112,7 @@ def train_classifier(cfg: dict, data: str | Path, model: str | Path, metrics: st
     _, pred = predict(model, xt, device)
     acc = {c: float((pred[yt == k] == k).float().mean()) for k, c in enumerate(classes) if (yt == k).any()}
     scores = dict(test_accuracy=float((pred == yt).float().mean()), n_test=len(yt), n_train=len(x),
-                  n_classes=len(classes), per_class_accuracy=acc)
+                  n_classes=len(classes), per_class_accuracy=acc, training_precision=float_format)
     if e["phase_negatives"] > 0:  # held-out crops, phase-randomised with a seed training never used
         _, pred_pr = predict(model, phase_randomised(xt, generator(seed, 32)), device)
         scores.update(real_judged_synthetic=float((pred == synthetic).float().mean()),

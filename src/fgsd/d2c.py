@@ -34,7 +34,7 @@ from .denoisers import denoising_loss
 from .errors import FgsdError
 from .network import UNet
 from .network import psnr as image_psnr
-from .runtime import generator, require_finite, resolve_device, to_float
+from .runtime import autocast, generator, require_finite, resolve_device, to_float
 
 log = logging.getLogger("fgsd")
 
@@ -228,6 +228,7 @@ def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device=
         key_enc.load_state_dict(saved["key_enc"]), key_head.load_state_dict(saved["key_head"])
         queue, step, rows, sums = saved["queue"].to(dev), saved["step"], saved["rows"], saved["sums"]
     first, t0, steps, batch = step, time.time(), a["ae_steps"], a["ae_batch"]
+    precision, float_format = autocast(dev, cfg["train"]["precision"], "the D2C autoencoder")
     log.info("D2C stage 1 (%s): autoencoder %d params, %d crops, latent %s, %d steps of %d on %s", a["protocol"],
              sum(p.numel() for p in net.parameters()), len(x), (a["latent_channels"], x.shape[-1] // 2,
                                                                  x.shape[-1] // 2), steps, batch, dev)
@@ -237,15 +238,17 @@ def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device=
         idx = torch.randint(len(x), (batch,), generator=g)
         xq = views(x[idx], g, a["min_crop_scale"], a["jitter"]).to(dev)
         xk = views(x[idx], g, a["min_crop_scale"], a["jitter"]).to(dev)
-        zq = net.encode(xq)
-        rec = (net.decode(zq) - xq).pow(2).flatten(1).sum(1).mean()
         with torch.no_grad():
             for ek, eq in ((key_enc, net.encoder), (key_head, head)):
                 for pk, pq in zip(ek.parameters(), eq.parameters()):
                     pk.lerp_(pq, 1 - a["momentum"])
-            k = key_head(key_enc(xk - 0.5))
-        nce = info_nce(head(zq), k, queue, a["temperature"])
-        loss = a["rec_weight"] * rec + a["nce_weight"] * nce
+        with precision:  # train.precision: bf16 autocasts the forward passes and loss alone
+            zq = net.encode(xq)
+            rec = (net.decode(zq) - xq).pow(2).flatten(1).sum(1).mean()
+            with torch.no_grad():
+                k = key_head(key_enc(xk - 0.5)).float()  # the queue stays float32
+            nce = info_nce(head(zq), k, queue, a["temperature"])
+            loss = a["rec_weight"] * rec + a["nce_weight"] * nce
         require_finite(loss, "the D2C autoencoder", step + 1, a["ae_lr"], "d2c.ae_lr", keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -276,7 +279,8 @@ def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device=
     checkpoints.save(model, "d2c_autoencoder", net, protocol=a["protocol"], image_shape=list(x.shape[1:]))
     files.save_csv(train_log, pd.DataFrame(rows))
     files.save_json(metrics, dict(steps=steps, n_train=len(x), protocol=a["protocol"],
-                                  test_psnr=rows[-1]["test_psnr"], info_nce=rows[-1]["info_nce"], **probe))
+                                  test_psnr=rows[-1]["test_psnr"], info_nce=rows[-1]["info_nce"], **probe,
+                                  training_precision=float_format))
     keeper.done()
     return rows[-1]
 
@@ -339,6 +343,7 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
         net.load_state_dict(saved["net"]), opt.load_state_dict(saved["opt"])
         step, rows, loss_sum, n = saved["step"], saved["rows"], saved["loss_sum"], saved["n"]
     steps, batch, t0, first = a["prior_steps"], a["prior_batch"], time.time(), step
+    precision, float_format = autocast(dev, cfg["train"]["precision"], "the D2C prior")
     log.info("D2C stage 2: prior UNet %d params on %d latent images %s, %d steps of %d on %s",
              network.n_params(net), len(ell), tuple(ell.shape[1:]), steps, batch, dev)
     bar = tqdm(total=steps, initial=step, desc="d2c prior", unit="step", mininterval=2, dynamic_ncols=True)
@@ -348,7 +353,8 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
         lr = a["prior_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = denoising_loss(net, ell[idx].to(dev), None, g, cfg["sampling"]["sigma0"])  # where its DDIM starts
+        with precision:  # train.precision: bf16 autocasts the forward pass and loss alone
+            loss = denoising_loss(net, ell[idx].to(dev), None, g, cfg["sampling"]["sigma0"])  # where its DDIM starts
         require_finite(loss, "the D2C prior", step + 1, lr, "d2c.prior_lr", keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -368,7 +374,8 @@ def train_prior(cfg: dict, data, autoencoder, model, train_log, metrics, state, 
     checkpoints.save(model, "d2c_prior", net, latent_mean=mean, latent_std=std, protocol=a["protocol"],
                      latent_shape=list(ell.shape[1:]))
     files.save_csv(train_log, pd.DataFrame(rows))
-    files.save_json(metrics, dict(steps=steps, n_latents=len(ell), protocol=a["protocol"], final=rows[-1]))
+    files.save_json(metrics, dict(steps=steps, n_latents=len(ell), protocol=a["protocol"], final=rows[-1],
+                                  training_precision=float_format))
     keeper.done()
     return rows[-1]
 

@@ -27,7 +27,7 @@ from . import checkpoints, files, stages
 from .data import load_split
 from .denoisers import draw_sigma
 from .errors import FgsdError
-from .runtime import generator, require_finite, resolve_device, to_float
+from .runtime import autocast, generator, require_finite, resolve_device, to_float
 
 log = logging.getLogger("fgsd")
 
@@ -224,6 +224,7 @@ def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str |
         net.load_state_dict(saved["model"]), opt.load_state_dict(saved["optimizer"])
         step, rows, loss_sum, right, seen = (saved[k] for k in ("step", "rows", "loss_sum", "right", "seen"))
     first, t0 = step, time.time()
+    precision, float_format = autocast(dev, cfg["train"]["precision"], "the guide")
     log.info("training the guide: %d params, %d crops of %d classes, %d steps of %d on %s",
              sum(p.numel() for p in net.parameters()), len(x), len(classes), steps, batch, dev)
     net.train()
@@ -234,8 +235,9 @@ def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str |
         sigma = draw_sigma(batch, g, sigma_max)
         clean = augment(x[idx], g, gcfg["max_zoom"])
         noisy = clean + sigma.view(-1, 1, 1, 1) * torch.randn(clean.shape, generator=g)
-        logits = net(noisy.to(dev), sigma.to(dev))
-        loss = F.cross_entropy(logits, y[idx].to(dev))
+        with precision:  # train.precision: bf16 autocasts the forward pass and loss alone
+            logits = net(noisy.to(dev), sigma.to(dev))
+            loss = F.cross_entropy(logits, y[idx].to(dev))
         lr = learning_rate(gcfg["lr"], step, steps)
         require_finite(loss, "the guide", step + 1, lr, "guide.lr", keeper.last_good())
         for group in opt.param_groups:
@@ -270,7 +272,8 @@ def train_guide(cfg: dict, data: str | Path, model: str | Path, train_log: str |
     checkpoints.save(model, "guide", net, classes=classes, sigma_max=sigma_max)
     files.save_csv(train_log, pd.DataFrame(rows))
     files.save_json(metrics, dict(steps=steps, n_train=len(x), n_test=len(held_out.labels), n_classes=len(classes),
-                                  classes=classes, final={k: v for k, v in final.items() if k != "lr"}))
+                                  classes=classes, final={k: v for k, v in final.items() if k != "lr"},
+                                  training_precision=float_format))
     keeper.done()
     return final
 

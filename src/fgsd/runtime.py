@@ -64,8 +64,9 @@ def bf16_native(device: torch.device) -> bool:
 
 
 def autocast(device: torch.device, precision: str, who: str) -> tuple[contextlib.AbstractContextManager, str]:
-    """The context a training step's forward pass and loss run in: bfloat16 autocast
-    (train.precision: bf16; the weights, the optimiser state and every evaluation stay float32)
+    """The context a training step's forward pass and loss run in (every training loop's: the
+    denoisers', the judge's, the guide's, D2C's): bfloat16 autocast (train.precision: bf16; the
+    weights, the optimiser state and every evaluation stay float32)
     when the device computes bf16 natively, else nothing. The second value says which ran
     ("bf16", "fp32", or "fp32: <why>" when bf16 was asked for and is not native, which is logged)."""
     if precision == "fp32":
