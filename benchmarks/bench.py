@@ -1,6 +1,7 @@
 """Speed measurements (never timed assertions in tests). Each writes one CSV under benchmarks/out/.
 
-    python benchmarks/bench.py throughput   # training img/s and GFLOP/s (eager, compiled, compiled bf16), sampler NFE/s
+    python benchmarks/bench.py throughput   # training img/s and GFLOP/s (eager, compiled, compiled bf16), sampler
+                                            # NFE/s; the judge's, guide's and D2C's steps, float32 and bf16
     python benchmarks/bench.py pipeline     # no-op re-run time of snakemake and dvc repro (needs a finished
                                             # main job), and the main job's time from its benchmark TSVs
     python benchmarks/bench.py flops --params params.yaml config/paper.yaml   # FLOPs per training step
@@ -89,13 +90,70 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
         with torch.no_grad():
             rows.append(timing_row(f"sampler NFE {kind}", n, timed(lambda: model(y, phi), 1, reps),
                                    flops(lambda: model(y, phi)) / 1e9))
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows + other_training_steps(cfg, reps))
     df["frac_of_sgemm_here"] = df.gflops / ceiling
     for name, value in DESIGN_CEILINGS_GFLOPS.items():
         df[f"frac_of_{name}"] = df.gflops / value
     df["sgemm_gflops_here"] = ceiling
     df["threads"] = torch.get_num_threads()
     return df
+
+
+def other_training_steps(cfg: dict, reps: int) -> list[dict]:
+    """The judge's, the ADM-G guide's and D2C's two training steps (eager, as the pipeline trains
+    them), float32 and under train.precision: bf16's autocast, at the preset's sizes and batches."""
+    from fgsd.classifier import Classifier
+    from fgsd.d2c import Autoencoder, Head, info_nce
+    from fgsd.guide import Guide
+    e, gd, a, size = cfg["evaluate"], cfg["guide"], cfg["d2c"], cfg["data"]["crop_size"]
+    n_classes = 11  # the default data's seen classes (the judge adds the phase-randomised one)
+    bf16, ran = autocast(torch.device("cpu"), "bf16", "the benchmark")
+
+    def judge():
+        net = Classifier(1, n_classes + 1, e["classifier_width"], e["feature_dim"])
+        x, y = torch.rand(e["classifier_batch"], 1, size, size), torch.randint(n_classes, (e["classifier_batch"],))
+        return list(net.parameters()), x, lambda: torch.nn.functional.cross_entropy(net(x)[1], y)
+
+    def guide():
+        net = Guide(1, n_classes, size, gd["width"], gd["channel_mult"], gd["depth"], gd["head_channels"],
+                    gd["groups"], cfg["train"]["sigma_data"])
+        x, y, s = (torch.rand(gd["batch_size"], 1, size, size), torch.randint(n_classes, (gd["batch_size"],)),
+                   torch.rand(gd["batch_size"]))
+        return list(net.parameters()), x, lambda: torch.nn.functional.cross_entropy(net(x, s), y)
+
+    def autoencoder():
+        net = Autoencoder(1, a["width"], a["latent_channels"], a["cells"], a["groups"])
+        head = Head(a["latent_channels"] * (size // 2) ** 2, a["proj_dim"])
+        x, queue = torch.rand(a["ae_batch"], 1, size, size), torch.randn(a["queue"], a["proj_dim"])
+
+        def loss():
+            z = net.encode(x)
+            with torch.no_grad():
+                k = head(net.encoder(x - 0.5)).float()
+            return (net.decode(z) - x).pow(2).flatten(1).sum(1).mean() + info_nce(head(z), k, queue,
+                                                                                   a["temperature"])
+        return [*net.parameters(), *head.parameters()], x, loss
+
+    def prior():
+        net = network.UNet(channels=a["latent_channels"], widths=a["prior_widths"], output="gated")
+        x = torch.rand(a["prior_batch"], a["latent_channels"], size // 2, size // 2)
+        return list(net.parameters()), x, lambda: denoising_loss(net, x, None, generator(0, 3, 0))
+
+    rows = []
+    for what, build in (("judge", judge), ("guide", guide), ("d2c autoencoder", autoencoder), ("d2c prior", prior)):
+        for name, precision in [("", None), *([(" bf16", bf16)] if ran == "bf16" else [])]:
+            torch.manual_seed(0)
+            params, x, loss = build()
+            opt = torch.optim.Adam(params, lr=1e-4)
+
+            def step():
+                with precision or contextlib.nullcontext():
+                    value = loss()
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+            rows.append(timing_row(f"train step {what}{name}", len(x), timed(step, 3, reps), flops(step) / 1e9))
+    return rows
 
 
 def step_flops(cfg: dict, probe_batch: int = 8) -> pd.DataFrame:
