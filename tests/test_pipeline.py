@@ -20,11 +20,7 @@ BIN = Path(sys.executable).parent
 ENV = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
            GIT_AUTHOR_NAME="fgsd-test", GIT_AUTHOR_EMAIL="test@fgsd", GIT_COMMITTER_NAME="fgsd-test",
            GIT_COMMITTER_EMAIL="test@fgsd")
-# --max-threads 1: the smoke jobs are small, most of their time is Python start-up, so two 1-thread jobs
-# side by side finish the chain sooner than one 2-thread job at a time (Snakemake sets OMP_NUM_THREADS to
-# a job's threads, so every smoke run of the suite computes with the same thread count)
-SMOKE_CONFIG = ["--configfile", "config/smoke.yaml"]  # what fgsd.dvcgen takes too
-SMOKE = [*SMOKE_CONFIG, "--max-threads", "1"]
+SMOKE = ["--configfile", "config/smoke.yaml"]
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -325,7 +321,7 @@ def test_dvc_push_and_pull_round_trip_is_byte_identical(smoke_run, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(smoke_run, repo, symlinks=True)
     run(["git", "init", "-q"], repo)
-    run([sys.executable, "-m", "fgsd.dvcgen", *SMOKE_CONFIG], repo)  # the smoke preset's replicate stages
+    run([sys.executable, "-m", "fgsd.dvcgen", *SMOKE], repo)  # the smoke preset's replicate stages
     run(["dvc", "commit", "-f", "-q"], repo)
     assert "pushed" in run(["dvc", "push"], repo).stdout
     assert (repo / "dvc-remote").is_dir(), "the default remote is dvc-remote/ in the checkout"
@@ -350,7 +346,7 @@ def test_dvc_commit_after_snakemake_leaves_nothing_to_rerun(smoke_run, tmp_path)
     outputs = [p for p in (smoke_run / "results").rglob("*") if p.is_file() and ".state" not in p.parts]
     before = {p: p.stat().st_mtime_ns for p in outputs}
     run(["git", "init", "-q"], smoke_run)
-    run([sys.executable, "-m", "fgsd.dvcgen", *SMOKE_CONFIG], smoke_run)  # the smoke preset's replicate stages
+    run([sys.executable, "-m", "fgsd.dvcgen", *SMOKE], smoke_run)  # the smoke preset's replicate stages
     run(["dvc", "commit", "-f", "-q"], smoke_run)
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
     assert planned_jobs(smoke_run, SMOKE) == {}
