@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ def other_training_steps(cfg: dict, reps: int) -> list[dict]:
     """The judge's, the ADM-G guide's and D2C's two training steps (eager, as the pipeline trains
     them), float32 and under train.precision: bf16's autocast, at the preset's sizes and batches."""
     from fgsd.classifier import Classifier
-    from fgsd.d2c import Autoencoder, Head, info_nce
+    from fgsd.d2c import Autoencoder, Head, autoencoder_loss
     from fgsd.guide import Guide
     e, gd, a, size = cfg["evaluate"], cfg["guide"], cfg["d2c"], cfg["data"]["crop_size"]
     n_classes = 11  # the default data's seen classes (the judge adds the phase-randomised one)
@@ -124,15 +125,10 @@ def other_training_steps(cfg: dict, reps: int) -> list[dict]:
     def autoencoder():
         net = Autoencoder(1, a["width"], a["latent_channels"], a["cells"], a["groups"])
         head = Head(a["latent_channels"] * (size // 2) ** 2, a["proj_dim"])
+        keys = copy.deepcopy(net.encoder).requires_grad_(False), copy.deepcopy(head).requires_grad_(False)
         x, queue = torch.rand(a["ae_batch"], 1, size, size), torch.randn(a["queue"], a["proj_dim"])
-
-        def loss():
-            z = net.encode(x)
-            with torch.no_grad():
-                k = head(net.encoder(x - 0.5)).float()
-            return (net.decode(z) - x).pow(2).flatten(1).sum(1).mean() + info_nce(head(z), k, queue,
-                                                                                   a["temperature"])
-        return [*net.parameters(), *head.parameters()], x, loss
+        return ([*net.parameters(), *head.parameters()], x,
+                lambda: autoencoder_loss(net, head, *keys, x, x.flip(-1), queue, a)[0])  # the stage's own loss
 
     def prior():
         net = network.UNet(channels=a["latent_channels"], widths=a["prior_widths"], output="gated")

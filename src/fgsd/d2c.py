@@ -94,6 +94,19 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
+def autoencoder_loss(net, head, key_enc, key_head, xq: torch.Tensor, xk: torch.Tensor, queue: torch.Tensor,
+                     a: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 1's objective on two views of a batch: rec_weight x summed squared reconstruction
+    error of the query view + nce_weight x InfoNCE against the key stream (no gradient; its
+    output, float32 whatever the autocast, joins the queue). Returns (loss, rec, nce, keys)."""
+    zq = net.encode(xq)
+    rec = (net.decode(zq) - xq).pow(2).flatten(1).sum(1).mean()
+    with torch.no_grad():
+        k = key_head(key_enc(xk - 0.5)).float()
+    nce = info_nce(head(zq), k, queue, a["temperature"])
+    return a["rec_weight"] * rec + a["nce_weight"] * nce, rec, nce, k
+
+
 def views(x: torch.Tensor, g: torch.Generator, min_scale: float, jitter: float) -> torch.Tensor:
     """One augmented view per crop, for grey textures: a random resized crop (area fraction in
     [min_scale, 1]), brightness and contrast jitter (strength `jitter`, with probability 0.8) and
@@ -243,12 +256,7 @@ def train_autoencoder(cfg: dict, data, model, train_log, metrics, state, device=
                 for pk, pq in zip(ek.parameters(), eq.parameters()):
                     pk.lerp_(pq, 1 - a["momentum"])
         with precision:  # train.precision: bf16 autocasts the forward passes and loss alone
-            zq = net.encode(xq)
-            rec = (net.decode(zq) - xq).pow(2).flatten(1).sum(1).mean()
-            with torch.no_grad():
-                k = key_head(key_enc(xk - 0.5)).float()  # the queue stays float32
-            nce = info_nce(head(zq), k, queue, a["temperature"])
-            loss = a["rec_weight"] * rec + a["nce_weight"] * nce
+            loss, rec, nce, k = autoencoder_loss(net, head, key_enc, key_head, xq, xk, queue, a)
         require_finite(loss, "the D2C autoencoder", step + 1, a["ae_lr"], "d2c.ae_lr", keeper.last_good())
         opt.zero_grad(set_to_none=True)
         loss.backward()
