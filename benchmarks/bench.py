@@ -5,6 +5,8 @@
     python benchmarks/bench.py pipeline     # no-op re-run time of snakemake and dvc repro (needs a finished
                                             # main job), and the main job's time from its benchmark TSVs
     python benchmarks/bench.py flops --params params.yaml config/paper.yaml   # FLOPs per training step
+    python benchmarks/bench.py threads      # the compiled bf16 training step: one job on every core vs one
+                                            # 1-thread job per core side by side (the rules' JOB_THREADS)
 
 FLOPs come from torch's flop counter (a multiply-add counts 2). The ceilings are measured here
 (an SGEMM) and quoted from DESIGN.md §4 (FMA peak, UNet convolutions) for comparison.
@@ -152,6 +154,45 @@ def other_training_steps(cfg: dict, reps: int) -> list[dict]:
     return rows
 
 
+def compiled_step(cfg: dict, kind: str):
+    """The training stage's compiled bf16 step (train.compile, train.precision) on random crops."""
+    size, batch = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
+    torch.manual_seed(0)
+    model = network.build(cfg["model"], 1, conditional=kind == "conditional")
+    fast, opt = torch.compile(model), torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
+    bf16, _ = autocast(torch.device("cpu"), cfg["train"]["precision"], "the benchmark")
+
+    def step():
+        with bf16:
+            loss = denoising_loss(fast, x, cond if model.match else None, generator(0, 3, 0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def threads(params: list[str], reps: int) -> pd.DataFrame:
+    """Images per second of the training step summed over jobs running side by side: one job with
+    every core's thread, then one 1-thread job per core (each job a process of its own, as the
+    pipeline runs them; Snakemake sets OMP_NUM_THREADS to a job's threads)."""
+    import os
+    cores, rows = len(os.sched_getaffinity(0)), []
+    batch = config.load(params)["train"]["batch_size"]
+    for kind in ("mixture", "conditional"):
+        for jobs, per_job in ((1, cores), (cores, 1)):
+            cmd = [sys.executable, __file__, "step", "--kind", kind, "--reps", str(reps), "--params", *params]
+            env = dict(os.environ, OMP_NUM_THREADS=str(per_job))
+            procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
+            seconds = [float(p.communicate()[0].split()[-1]) for p in procs]
+            rows.append(dict(what=f"train step {kind}, compiled {config.load(params)['train']['precision']}",
+                             jobs=jobs, threads_per_job=per_job, seconds_per_step=sum(seconds) / jobs,
+                             images_per_s=sum(batch / t for t in seconds)))
+    df = pd.DataFrame(rows)
+    df["vs_one_job"] = df.images_per_s / df.groupby("what").images_per_s.transform("first")
+    return df
+
+
 def step_flops(cfg: dict, probe_batch: int = 8) -> pd.DataFrame:
     """FLOPs of one training step at the preset's batch and crop size, counted on a small batch
     and scaled (linear in batch): sizes a preset too big to time here, e.g. config/paper.yaml."""
@@ -189,11 +230,17 @@ def pipeline() -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("throughput", "pipeline", "flops"))
+    ap.add_argument("what", choices=("throughput", "pipeline", "flops", "threads", "step"))
     ap.add_argument("--params", nargs="+", default=[str(ROOT / "params.yaml")])
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--kind", default="mixture", help="step: the model kind")
     args = ap.parse_args()
-    if args.what == "throughput":
+    if args.what == "step":  # one job of `threads`: prints its seconds per step
+        print(timed(compiled_step(config.load(args.params), args.kind), 5, args.reps))
+        return
+    if args.what == "threads":
+        df = threads(args.params, args.reps)
+    elif args.what == "throughput":
         df = throughput(config.load(args.params), args.reps)
     elif args.what == "flops":
         df = step_flops(config.load(args.params))

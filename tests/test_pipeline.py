@@ -192,6 +192,22 @@ def smoke_copy(smoke_run, tmp_path):
     return repo
 
 
+def test_a_job_killed_after_snakemake_removed_its_outputs_runs_again(smoke_copy):
+    """Snakemake deletes a job's outputs as it starts it, so a run killed then leaves them missing,
+    and it re-makes a missing file only for a job that is needed. The provenance table asks for
+    every job's record, so the next run needs every job of the main job again: even a replicate
+    seed's training whose sweep is still up to date (the kill test once lost one that way)."""
+    records = list((smoke_copy / "results/provenance").rglob("*.json"))
+    written = {path for rec in records for path in files.load_json(rec)["outputs"]}
+    assert written <= set(pd.read_csv(smoke_copy / "results/metrics/provenance.csv").file), \
+        "jobs whose record the provenance table does not ask for"
+    record = smoke_copy / "results/provenance/replicates/train_single_seed1.json"
+    for path in [record, *(smoke_copy / p for p in files.load_json(record)["outputs"])]:
+        path.unlink()
+    jobs = planned_jobs(smoke_copy, SMOKE)
+    assert jobs.get("train_replicate") == 1 and jobs.get("sweep_replicate") == 1, jobs
+
+
 def test_editing_the_training_loop_reruns_only_training_and_what_reads_models(smoke_copy):
     with open(smoke_copy / "src/fgsd/train.py", "a") as f:
         f.write("\n# an edit\n")

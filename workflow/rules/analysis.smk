@@ -15,7 +15,7 @@ rule sweep:
         "results/logs/sweep.log",
     benchmark:
         "results/benchmarks/sweep.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
     shell:
@@ -88,7 +88,7 @@ rule density:
         "results/logs/density.log",
     benchmark:
         "results/benchmarks/density.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
     shell:

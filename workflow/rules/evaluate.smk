@@ -14,7 +14,7 @@ rule classifier:
         "results/logs/classifier.log",
     benchmark:
         "results/benchmarks/classifier.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
     shell:
@@ -39,7 +39,7 @@ rule evaluate:  # one job per sample set, plus the real-crop reference: a new se
         "results/logs/evaluate_{group}.log",
     benchmark:
         "results/benchmarks/evaluate_{group}.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
     shell:

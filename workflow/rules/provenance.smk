@@ -1,3 +1,8 @@
+# Every job of the main job, replicate seeds included. A job's record is among its outputs, and
+# Snakemake deletes a job's outputs when it starts it: a run killed mid-job leaves the record
+# missing, so the next run re-makes it even where nothing else downstream asks for that job's files
+# (a training whose sweep is up to date: Snakemake does not re-make a missing intermediate file).
+RSEEDS = config["train"]["replicate_seeds"]
 JOBS = [
     "data",
     *expand("train_{kind}", kind=KINDS),
@@ -14,6 +19,10 @@ JOBS = [
     "sample_metrics",
     "summary",
     *expand("figure_{name}", name=FIGURES),
+    *expand("replicates/train_{kind}_seed{rseed}", kind=KINDS, rseed=RSEEDS),
+    *expand("replicates/sweep_seed{rseed}", rseed=RSEEDS),
+    *expand("replicates/sample_{group}_seed{rseed}", group=stages.REPLICATED_SETS, rseed=RSEEDS),
+    *expand("replicates/evaluate_{group}_seed{rseed}", group=stages.REPLICATED_SETS, rseed=RSEEDS),
 ]
 
 

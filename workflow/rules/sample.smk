@@ -16,7 +16,7 @@ rule sample:
         "results/logs/sample_{sample_set}.log",
     benchmark:
         "results/benchmarks/sample_{sample_set}.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
     shell:

@@ -57,7 +57,7 @@ rule study_train:
         stages.STUDY_RUN + "/logs/train_{kind}.log",
     benchmark:
         stages.STUDY_RUN + "/benchmarks/train_{kind}.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
         mem_mb=4000,
@@ -80,7 +80,7 @@ rule study_eval:
         args=args(data=study_data_dir),
     log:
         stages.STUDY_RUN + "/logs/eval.log",
-    threads: 8
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
     shell:

@@ -17,7 +17,7 @@ rule train:
         "results/logs/train_{kind}.log",
     benchmark:
         "results/benchmarks/train_{kind}.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
         mem_mb=4000,
@@ -66,7 +66,7 @@ rule guide:  # ADM-G's noise-aware classifier, on the seen classes (the baseline
         "results/logs/guide.log",
     benchmark:
         "results/benchmarks/guide.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
         mem_mb=4000,
@@ -92,7 +92,7 @@ rule d2c_autoencoder:  # D2C stage 1: the contrastive autoencoder (d2c.protocol 
         "results/logs/d2c_autoencoder.log",
     benchmark:
         "results/benchmarks/d2c_autoencoder.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
         mem_mb=4000,
@@ -119,7 +119,7 @@ rule d2c_prior:  # D2C stage 2: the diffusion prior on the autoencoder's standar
         "results/logs/d2c_prior.log",
     benchmark:
         "results/benchmarks/d2c_prior.tsv"
-    threads: 8  # scaled down to --cores on smaller machines
+    threads: JOB_THREADS
     resources:
         gpu=GPU,
         mem_mb=4000,

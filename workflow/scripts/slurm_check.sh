@@ -4,8 +4,9 @@
 # and again locally, require byte-identical outputs, and stop the daemons (also on failure).
 #   workflow/scripts/slurm_check.sh [WORKDIR]       (root + apt-get; ~5 min on 2 cores)
 # The overrides below only fit the profile to this toy node (this machine's CPUs, no accounting
-# database): squeue for status (no slurmdbd, so no sacct), fast polling, threads capped at the
-# node's CPUs, small memory requests. The SLURM run normally takes ~4 min; it is stopped at 15.
+# database): squeue for status (no slurmdbd, so no sacct), fast polling, one thread per job (as
+# the local run's rules give; the profile's set-threads would give other last digits), small
+# memory requests. The SLURM run normally takes ~4 min; it is stopped at 15.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 here="$repo/workflow/scripts"
@@ -33,7 +34,7 @@ echo "== SLURM run through workflow/profiles/slurm"
 start=$(date +%s)
 (cd "$work/slurm" && timeout -k 30 900 snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml \
     --slurm-status-command squeue --slurm-init-seconds-before-status-checks 2 --seconds-between-status-checks 2 \
-    --max-threads "$cpus" --latency-wait 5 --default-resources mem_mb=1000 runtime=30 --set-resources train:mem_mb=2000) \
+    --max-threads 1 --latency-wait 5 --default-resources mem_mb=1000 runtime=30 --set-resources train:mem_mb=2000) \
     > "$work/slurm.log" 2>&1 || { tail -n 60 "$work/slurm.log"; exit 1; }
 echo "SLURM run: $(( $(date +%s) - start )) s"
 
