@@ -17,7 +17,7 @@ smoke: setup               ## the whole DAG on the smoke preset (minutes)
 study: setup               ## the study: conditional gain vs classes and crop scale (not in the main job; 80-120 min)
 	snakemake --cores all study
 
-seeds: setup               ## Figs 4-5's numbers on every training seed's models (after the main job; ~3 min)
+seeds: setup               ## only Figs 4-5's numbers on every training seed's models (the main job makes them too)
 	snakemake --cores all seeds
 
 test: setup                ## lint, then the default test suite (includes the smoke chain end to end)

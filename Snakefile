@@ -36,3 +36,7 @@ rule all:
         "results/metrics/samples.csv",
         expand("results/figures/{name}.pdf", name=FIGURES),
         "results/metrics/provenance.csv",
+        # every job's record, each among its job's outputs: Snakemake re-makes a missing file only
+        # for a job it needs, and a target's inputs are needed, so a job killed after Snakemake
+        # deleted its outputs runs again even where no other job asks for them
+        expand("results/provenance/{job}.json", job=JOBS),

@@ -159,10 +159,12 @@ def test_a_param_change_reruns_only_the_stages_that_read_it(smoke_run, tmp_path)
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["features"]["batch_size"] = 32
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
-    # centroids, and what reads the mixture/conditional features: separation, density, summary, fig4, fig5,
-    # and fig3, which reads the per-seed curves the summary writes
+    # centroids (the replicate seed's too), and what reads the mixture/conditional features: separation,
+    # density, their spread over seeds, summary, fig4, fig5, and fig3, which reads the per-seed curves
+    # the summary writes
     assert planned_jobs(smoke_run, ["--configfile", str(tmp_path / "o.yaml")]) == {
-        "centroids": 3, "separation": 1, "density": 1, "summary": 1, "figure": 3, "provenance": 1, "all": 1}
+        "centroids": 3, "centroids_replicate": 2, "separation": 1, "separation_replicate": 1, "density": 1,
+        "density_replicate": 1, "feature_seeds": 1, "summary": 1, "figure": 3, "provenance": 1, "all": 1}
     overlay = yaml.safe_load((smoke_run / "config/smoke.yaml").read_text())
     overlay["train"]["single"]["steps"] = 21
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overlay))
@@ -237,21 +239,18 @@ def test_adding_a_sample_set_or_a_figure_reruns_nothing_that_exists(smoke_copy):
     assert jobs["sample"] == 2 and jobs["evaluate"] == 2
 
 
-def test_the_seeds_target_computes_figs_4_5_numbers_on_every_training_seed(smoke_copy):
-    target = [*SMOKE, "--", "seeds"]  # after the options that take several values
-    assert planned_jobs(smoke_copy, target) == {"centroids_replicate": 2, "separation_replicate": 1,
-                                                "density_replicate": 1, "feature_seeds": 1, "seeds": 1}
-    run(["snakemake", "--cores", "2", *target], smoke_copy)
-    out = files.load_json(smoke_copy / stages.FEATURE_SEEDS)
+def test_the_main_job_computes_figs_4_5_numbers_on_every_training_seed(smoke_run):
+    out = files.load_json(smoke_run / stages.FEATURE_SEEDS)
     assert out["seeds"] == [0, 1]
-    own = [files.load_csv(smoke_copy / p) for p in (stages.DENSITY, stages.REPLICATE_DENSITY.format(rseed=1))]
+    own = [files.load_csv(smoke_run / p) for p in (stages.DENSITY, stages.REPLICATE_DENSITY.format(rseed=1))]
     assert not own[0].sym_kl.equals(own[1].sym_kl), "seed 1's density distance comes from seed 1's models"
     for job in ("centroids_mixture", "centroids_conditional", "separation", "density"):
-        read = files.load_json(smoke_copy / f"results/provenance/replicates/{job}_seed1.json")["inputs"]
+        read = files.load_json(smoke_run / f"results/provenance/replicates/{job}_seed1.json")["inputs"]
         assert {p for p in read if "/data/" not in p} == {p for p in read if p.startswith("results/replicates/seed1/")}, job
     assert out["density.mse_gap.spearman"]["values"] == pytest.approx(
         [summary.correlations(d)["spearman"] for d in own])
-    assert planned_jobs(smoke_copy, SMOKE) == {}, "the main job neither needs nor re-runs any of it"
+    assert files.load_json(smoke_run / "results/metrics/summary.json")["feature_seeds"] == out
+    assert planned_jobs(smoke_run, [*SMOKE, "--", "seeds"]) == {}, "`snakemake seeds` is part of the main job"
 
 
 def test_config_overrides_on_the_command_line_are_refused(smoke_run):

@@ -154,10 +154,10 @@ def feature_numbers(sep: pd.DataFrame, extremes: dict, dens: pd.DataFrame) -> di
 
 def feature_seeds(cfg: dict, separation: str | Path, density: str | Path, replicate_separations: str,
                   replicate_densities: str, table: str | Path, spread_json: str | Path) -> None:
-    """`snakemake seeds` (not in the main job): the separation and density-distance numbers of
-    every training seed's models (`seed`, then train.replicate_seeds; the replicate files
-    comma-separated in that order), one row per seed and number in `table`, their mean and std
-    over seeds in `spread_json`, and per class pair the seeds at which it is merged (ratio <= 1)."""
+    """The separation and density-distance numbers of every training seed's models (`seed`, then
+    train.replicate_seeds; the replicate files comma-separated in that order), one row per seed
+    and number in `table`, their mean and std over seeds in `spread_json`, and per class pair the
+    seeds at which it is merged (ratio <= 1)."""
     seeds = [cfg["seed"], *cfg["train"]["replicate_seeds"]]
     seps = [separation, *(p for p in replicate_separations.split(",") if p)]
     dens = [density, *(p for p in replicate_densities.split(",") if p)]
@@ -197,13 +197,14 @@ def curves_by_seed(sweeps: dict[int, pd.DataFrame]) -> pd.DataFrame:
 
 def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str | Path, references_json: str | Path,
             set_metrics: str, classifier_metrics: str | Path, guide_metrics: str | Path, d2c_metrics: str | Path,
-            replicate_sweeps: str, replicate_set_metrics: str, summary_json: str | Path, gain: str | Path,
-            gain_by_seed: str | Path) -> None:
+            replicate_sweeps: str, replicate_set_metrics: str, feature_seeds_json: str | Path,
+            summary_json: str | Path, gain: str | Path, gain_by_seed: str | Path) -> None:
     """summary.json: the headline numbers, each with its counts; psnr_gain.csv: the Fig 3 curves
     (and per training seed, psnr_gain_by_seed.csv). set_metrics: the evaluation groups' metric
     files the sample-quality headline quotes (stages.HEADLINE_GROUPS); replicate_sweeps: the
     sweeps of the models of train.replicate_seeds, in that order; replicate_set_metrics: the
-    metrics of their stages.REPLICATED_SETS, seed by seed; all comma-separated."""
+    metrics of their stages.REPLICATED_SETS, seed by seed; all comma-separated; feature_seeds_json:
+    Figs 4-5's numbers over every training seed (`feature_seeds`), quoted as they are."""
     sw = files.load_csv(sweep)
     metrics = samples.read_metrics(set_metrics.split(","))
     replicates = [p for p in replicate_sweeps.split(",") if p]
@@ -240,6 +241,7 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         sigmas_where_below_a_reference={m: below_references(table, m) for m in ("mixture", "conditional")},
         separation_median_ratio={m: {k: float(ratios[m, k]) for k in ratios[m].index} for m in ratios.index.levels[0]},
         separation_extremes=separation_extremes(sep),
+        feature_seeds=files.load_json(feature_seeds_json),
         density_vs_centroid_distance=correlations(dens),
         density_diff_form_vs_centroid_distance=correlations(dens, "sym_kl_diff_form"),
         density_vs_mixture_centroid_distance_control=correlations(dens, x="centroid_sqdist_mixture"),

@@ -124,6 +124,7 @@ rule summary:
         replicate_sweeps=expand(stages.REPLICATE_SWEEP, rseed=config["train"]["replicate_seeds"]),
         replicate_set_metrics=expand(stages.REPLICATE_SET_METRICS, rseed=config["train"]["replicate_seeds"],
                                      group=stages.REPLICATED_SETS),  # seed by seed
+        feature_seeds_json=stages.FEATURE_SEEDS,
         code=code("summary"),
     output:
         summary_json="results/metrics/summary.json",
@@ -142,8 +143,8 @@ rule summary:
         "python -m fgsd summary {params.args} --log {log} --provenance {output.prov}"
 
 
-# `snakemake --cores all seeds`, not in the main job (about 3 min with the default's two replicate
-# seeds): Figs 4-5's numbers (separation, density distance) on every training seed's models.
+# Figs 4-5's numbers (separation, density distance) on every training seed's models; the summary
+# quotes them, so they are in the main job. `snakemake --cores all seeds` makes them alone.
 rule seeds:
     input:
         stages.FEATURE_SEEDS,

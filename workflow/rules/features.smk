@@ -21,7 +21,7 @@ rule centroids:
         "python -m fgsd centroids {params.args} --log {log} --provenance {output.prov}"
 
 
-use rule centroids as centroids_replicate with:  # another training seed's features (`snakemake seeds`)
+use rule centroids as centroids_replicate with:  # another training seed's features (Figs 4-5 over seeds)
     input:
         DATA_FILES,
         model=stages.REPLICATE_MODEL,

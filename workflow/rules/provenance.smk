@@ -1,7 +1,4 @@
-# Every job of the main job, replicate seeds included. A job's record is among its outputs, and
-# Snakemake deletes a job's outputs when it starts it: a run killed mid-job leaves the record
-# missing, so the next run re-makes it even where nothing else downstream asks for that job's files
-# (a training whose sweep is up to date: Snakemake does not re-make a missing intermediate file).
+# Every job of the main job, replicate seeds included; `all` asks for each one's record (Snakefile).
 RSEEDS = config["train"]["replicate_seeds"]
 JOBS = [
     "data",
@@ -23,6 +20,10 @@ JOBS = [
     *expand("replicates/sweep_seed{rseed}", rseed=RSEEDS),
     *expand("replicates/sample_{group}_seed{rseed}", group=stages.REPLICATED_SETS, rseed=RSEEDS),
     *expand("replicates/evaluate_{group}_seed{rseed}", group=stages.REPLICATED_SETS, rseed=RSEEDS),
+    *expand("replicates/centroids_{kind}_seed{rseed}", kind=("mixture", "conditional"), rseed=RSEEDS),
+    *expand("replicates/separation_seed{rseed}", rseed=RSEEDS),
+    *expand("replicates/density_seed{rseed}", rseed=RSEEDS),
+    "feature_seeds",
 ]
 
 
