@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import subprocess
 import sys
 import time
@@ -62,22 +63,31 @@ def timing_row(what: str, n: int, seconds: float, gflop: float) -> dict:
                 gflops=gflop / seconds)
 
 
+def training_step(cfg: dict, kind: str):
+    """(model, conditioning crops, step) on random crops: step(net=model, precision=None) is the
+    training stage's step (sigma = u^2, pixel sum, batch mean), `net` the model or its compiled
+    form, `precision` train.precision's autocast, which covers the loss alone."""
+    size, batch = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
+    torch.manual_seed(0)
+    model = network.build(cfg["model"], 1, conditional=kind == "conditional")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
+
+    def step(net=model, precision=None):
+        with precision or contextlib.nullcontext():
+            loss = denoising_loss(net, x, cond if model.match else None, generator(0, 3, 0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model, cond, step
+
+
 def throughput(cfg: dict, reps: int) -> pd.DataFrame:
     size, batch = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
     rows = []
     ceiling = sgemm_gflops()
     for kind in ("mixture", "conditional"):
-        torch.manual_seed(0)
-        model = network.build(cfg["model"], 1, conditional=kind == "conditional")
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
-
-        def step(net=model, precision=None):  # the training stage's loss: sigma = u^2, pixel sum, batch mean
-            with precision or contextlib.nullcontext():  # train.precision: bf16 autocasts the loss alone
-                loss = denoising_loss(net, x, cond if model.match else None, generator(0, 3, 0))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        model, cond, step = training_step(cfg, kind)
         f = flops(step) / 1e9
         rows.append(timing_row(f"train step {kind}", batch, timed(step, 2, reps), f))
         fast = torch.compile(model)  # train.compile: the same step through TorchInductor (warm-up compiles it)
@@ -155,37 +165,27 @@ def other_training_steps(cfg: dict, reps: int) -> list[dict]:
 
 
 def compiled_step(cfg: dict, kind: str):
-    """The training stage's compiled bf16 step (train.compile, train.precision) on random crops."""
-    size, batch = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
-    torch.manual_seed(0)
-    model = network.build(cfg["model"], 1, conditional=kind == "conditional")
-    fast, opt = torch.compile(model), torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
-    bf16, _ = autocast(torch.device("cpu"), cfg["train"]["precision"], "the benchmark")
-
-    def step():
-        with bf16:
-            loss = denoising_loss(fast, x, cond if model.match else None, generator(0, 3, 0))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    """The training stage's step as the default runs it: compiled (train.compile), under
+    train.precision."""
+    model, _, step = training_step(cfg, kind)
+    fast = torch.compile(model)
+    precision, _ = autocast(torch.device("cpu"), cfg["train"]["precision"], "the benchmark")
+    return lambda: step(fast, precision)
 
 
 def threads(params: list[str], reps: int) -> pd.DataFrame:
     """Images per second of the training step summed over jobs running side by side: one job with
     every core's thread, then one 1-thread job per core (each job a process of its own, as the
     pipeline runs them; Snakemake sets OMP_NUM_THREADS to a job's threads)."""
-    import os
-    cores, rows = len(os.sched_getaffinity(0)), []
-    batch = config.load(params)["train"]["batch_size"]
+    cfg, cores, rows = config.load(params), len(os.sched_getaffinity(0)), []
+    batch = cfg["train"]["batch_size"]
     for kind in ("mixture", "conditional"):
         for jobs, per_job in ((1, cores), (cores, 1)):
             cmd = [sys.executable, __file__, "step", "--kind", kind, "--reps", str(reps), "--params", *params]
             env = dict(os.environ, OMP_NUM_THREADS=str(per_job))
             procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
             seconds = [float(p.communicate()[0].split()[-1]) for p in procs]
-            rows.append(dict(what=f"train step {kind}, compiled {config.load(params)['train']['precision']}",
+            rows.append(dict(what=f"train step {kind}, compiled {cfg['train']['precision']}",
                              jobs=jobs, threads_per_job=per_job, seconds_per_step=sum(seconds) / jobs,
                              images_per_s=sum(batch / t for t in seconds)))
     df = pd.DataFrame(rows)

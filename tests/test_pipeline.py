@@ -196,9 +196,10 @@ def smoke_copy(smoke_run, tmp_path):
 
 def test_a_job_killed_after_snakemake_removed_its_outputs_runs_again(smoke_copy):
     """Snakemake deletes a job's outputs as it starts it, so a run killed then leaves them missing,
-    and it re-makes a missing file only for a job that is needed. The provenance table asks for
-    every job's record, so the next run needs every job of the main job again: even a replicate
-    seed's training whose sweep is still up to date (the kill test once lost one that way)."""
+    and it re-makes a missing file only for a job that is needed. `rule all` asks for every job's
+    record (and the provenance table reads them all), so the next run needs every job of the main
+    job again: even a replicate seed's training whose sweep is still up to date (the kill test
+    once lost one that way)."""
     records = list((smoke_copy / "results/provenance").rglob("*.json"))
     written = {path for rec in records for path in files.load_json(rec)["outputs"]}
     assert written <= set(pd.read_csv(smoke_copy / "results/metrics/provenance.csv").file), \

@@ -14,7 +14,7 @@ SAMPLE_SETS = list(stages.SAMPLE_SETS)
 EVAL_GROUPS = list(stages.EVAL_GROUPS)
 FIGURES = list(stages.FIGURES)
 # One thread per job, as many jobs side by side as --cores allows. The networks are small (batch 32
-# of 32x32 crops): on 2 cores two 1-thread trainings do 1.34-1.40x the steps of one 2-thread
+# of 32x32 crops): on 2 cores two 1-thread trainings do 1.2-1.4x the steps of one 2-thread
 # training (benchmarks/bench.py threads), and the smaller jobs are mostly Python start-up. Snakemake
 # sets OMP_NUM_THREADS to it, so every number is also the same under any --cores. A cluster job asks
 # for this many CPUs; `--set-threads train=8` gives a rule more.
