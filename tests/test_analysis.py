@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import train_into
 
-from fgsd import analysis, data, files, summary
+from fgsd import analysis, checkpoints, data, files, network, summary
 from fgsd.errors import FgsdError
 
 
@@ -36,7 +36,7 @@ def trained(tiny_cfg, tmp_path):
 def test_sweep_rows_and_input_psnr(trained):
     import torch
 
-    from fgsd import checkpoints, network, references
+    from fgsd import references
     from fgsd.runtime import generator, to_float
     cfg, tmp = trained
     cfg["sigmas"] = [0.05, 0.5]
@@ -83,6 +83,12 @@ def test_density_stage_and_summary(trained):
     diff = d[["sym_kl_diff_form", "sym_kl_diff_form_half_min", "sym_kl_diff_form_double_min"]]
     assert (diff.nunique(axis=1) == 3).all(), "three grid starts for the difference form too"
     assert (d.centroid_sqdist > 0).all()
+    net, _ = checkpoints.load(tmp / "models/conditional/model.pt", network.UNet, ("conditional",))
+    blocks = [f"centroid_sqdist_{b}" for b in network.TAPS]
+    np.testing.assert_allclose(d[blocks].sum(axis=1), d.centroid_sqdist, rtol=1e-5)  # the x-axis split by block
+    np.testing.assert_allclose(d[[f"centroid_sqdist_{b}" for b in net.match]].sum(axis=1), d.centroid_sqdist_matched,
+                               rtol=1e-5)
+    assert (d.centroid_sqdist_matched < d.centroid_sqdist).all(), "the matched blocks are a part of phi"
     mix = files.load_npz(tmp / "phi_mixture.npz")
     names = [str(c) for c in mix["classes"]]
     at = {int(c): k for k, c in enumerate(mix["centroid_labels_train"])}
@@ -141,6 +147,10 @@ def _fake_set_metrics(accuracy: float, kid: float) -> pd.DataFrame:
                              extractor="fgsd-classifier"))
         rows.append(dict(set=set_name, variant="c2f", param=0, metric="judged_synthetic", value=0.5, n_samples=8,
                          n_real=0, extractor=None))
+    for variant, cls, acc, synth in (("ddim", "x", 0.9, 0.9), ("c2f", "x", 2 * accuracy, 0.0), ("c2f", "y", 0.0, 0.75)):
+        for metric, value in (("accuracy", acc), ("judged_synthetic", synth)):  # per class; the ddim rows: a decoy
+            rows.append(dict(set="conditional", variant=variant, param=0, metric=f"{metric}.{cls}", value=value,
+                             n_samples=4, n_real=0, extractor=None))
     return pd.DataFrame(rows)
 
 
@@ -151,20 +161,29 @@ def test_sample_seed_spread_reads_each_seeds_own_metrics():
     assert acc["values"] == [0.25, 0.5] and acc["mean"] == pytest.approx(0.375) and acc["n_samples"] == 8
     assert acc["std"] == pytest.approx(np.std([0.25, 0.5], ddof=1))
     assert spread["mixture"]["kid"]["values"] == [1.0, 2.0], "the in-domain extractor's KID, not another's"
-    assert "accuracy" not in spread["mixture"]
+    assert "accuracy" not in spread["mixture"] and "by_class" not in spread["mixture"]
+    by_class = spread["conditional"]["by_class"]  # each class's numbers of the c2f samples, seed by seed
+    assert by_class["x"]["accuracy"]["values"] == [0.5, 1.0] and by_class["x"]["judged_synthetic"]["values"] == [0, 0]
+    assert by_class["y"]["judged_synthetic"]["mean"] == pytest.approx(0.75) and set(by_class) == {"x", "y"}
     assert summary.sample_seed_spread({0: _fake_set_metrics(0.25, 1.0)})["conditional"]["kid"]["std"] is None
 
 
 def _fake_features(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Separation and density tables of one seed over three classes with known answers: the
     density distance rises with the centroid distance (Spearman 1) except at seed 2, where the
-    order of two pairs is swapped (Spearman 0.5); the pair x-y is merged (ratio 0.5) at seeds 1, 2."""
+    order of two pairs is swapped (Spearman 0.5); the pair x-y is merged (ratio 0.5) at seeds 1, 2.
+    The centroid distance is 3/4 block enc3 and 1/4 block dec2 (summed over pairs), dec2 the matched
+    block, whose distances rank the pairs otherwise (Spearman 0.5 against seed 0's KL). Seed 1's
+    rows come in reverse order (seeds are compared pair by pair, not row by row)."""
     pairs = [("x", "y"), ("x", "z"), ("y", "z")]
-    sq = np.array([1.0, 2.0, 4.0])
+    sq, matched = np.array([1.0, 2.0, 4.0]), np.array([0.5, 0.25, 1.0])
     kl = np.array([1.0, 3.0, 2.0]) if seed == 2 else np.array([1.0, 2.0, 3.0])
     dens = pd.DataFrame(dict(cls_a=[a for a, _ in pairs], cls_b=[b for _, b in pairs], centroid_sqdist=sq,
+                             centroid_sqdist_matched=matched, centroid_sqdist_enc3=sq - matched,
+                             centroid_sqdist_dec2=matched,
                              centroid_sqdist_mixture=sq[::-1], sym_kl=kl - (seed == 1) * 1.5,
                              sym_kl_diff_form=kl, sym_kl_half_min=kl, sym_kl_double_min=kl))
+    dens = dens.iloc[::-1] if seed == 1 else dens
     ratio = [0.5 if seed else 2.0, 3.0, 4.0]
     sep = pd.DataFrame([dict(model=m, layer=layer, cls_a=a, cls_b=b, ratio=r * (1 + (m == "conditional")))
                         for m in ("mixture", "conditional") for layer in ("mid", "all") for (a, b), r in zip(pairs, ratio)])
@@ -186,13 +205,20 @@ def test_feature_seeds_spread_the_separation_and_density_numbers(tmp_path):
     assert rho["values"] == pytest.approx([1.0, 1.0, 0.5]) and rho["std"] == pytest.approx(np.std([1, 1, 0.5], ddof=1))
     assert out["density.mse_gap.n_negative"]["values"] == [0, 1, 0]  # seed 1's first pair: 1 - 1.5
     assert out["density.control_mixture_features.spearman"]["values"] == pytest.approx([-1.0, -1.0, -0.5])
+    assert out["density.matched_blocks.spearman"]["values"] == pytest.approx([0.5, 0.5, -0.5])
+    assert out["density.centroid_share.enc3"]["values"] == pytest.approx([0.75] * 3)
+    assert out["density.centroid_share.dec2"]["values"] == pytest.approx([0.25] * 3)
+    agree = out["seed_agreement"]  # seeds (0, 1), (0, 2), (1, 2): the KL order is swapped at seed 2 only
+    assert agree["sym_kl"]["values"] == pytest.approx([1.0, 0.5, 0.5])
+    assert agree["centroid_sqdist"]["values"] == pytest.approx([1.0, 1.0, 1.0])
+    assert agree["centroid_sqdist_mixture"]["mean"] == pytest.approx(1.0)
     assert out["separation.conditional.mid.min_ratio"]["values"] == pytest.approx([4.0, 1.0, 1.0])
     assert out["separation.mixture.all.n_merged"]["values"] == [0, 1, 1]
     assert out["separation.mixture.all.median_ratio"]["values"] == pytest.approx([3.0, 3.0, 3.0])
     assert out["merged_pairs_seeds"] == {"mixture": {"mid": {"x | y": [1, 2]}, "all": {"x | y": [1, 2]}},
                                          "conditional": {"mid": {"x | y": [1, 2]}, "all": {"x | y": [1, 2]}}}
     table = pd.read_csv(tmp_path / "t.csv")
-    assert set(table.seed) == {0, 1, 2} and len(table) == 3 * len(out) - 3 * 3  # but seeds, n_seeds, merged
+    assert set(table.seed) == {0, 1, 2} and len(table) == 3 * len(out) - 3 * 4  # but seeds, n_seeds, merged, agreement
     with pytest.raises(FgsdError, match="2 separation and 3 density"):
         summary.feature_seeds(cfg, *paths[0], str(paths[1][0]), f"{paths[1][1]},{paths[2][1]}",
                               tmp_path / "t.csv", tmp_path / "s.json")

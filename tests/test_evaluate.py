@@ -123,3 +123,21 @@ def test_missing_inception_weights_name_the_key(tiny_cfg, tmp_path, weights):
     tiny_cfg["evaluate"]["inception_weights"] = str(tmp_path / "nope.pth")
     with pytest.raises(FgsdError, match="evaluate.inception_weights"):
         evaluate.Evaluator(tiny_cfg, tmp_path / "data", weights, "cpu")
+
+
+def test_per_class_rows_count_each_class_and_what_the_judge_calls_phase_randomised(tiny_cfg, tmp_path, weights,
+                                                                                    monkeypatch):
+    data.prepare(tiny_cfg, tmp_path / "data")
+    ev = evaluate.Evaluator(tiny_cfg, tmp_path / "data", weights, "cpu")
+    ev.synthetic = 3  # as if the judge had learnt the phase-randomised class (its index follows the classes')
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    judged = torch.tensor([0, 3, 3, 1, 1, 1, 1, 3])  # class a: 1 right, 2 phase-randomised; b: 3 right, 1
+    monkeypatch.setattr(evaluate, "predict", lambda model, x, device: (None, judged))
+    images = ev.test_x[:8].mul(255).round().to(torch.uint8).numpy()
+    ev.group("conditional", "c2f", 0, images, labels, [0, 1], memorisation=False, per_class=True)
+    ev.group("nfe", "c2f", 0, images, labels, [0, 1], memorisation=False)
+    got = {(r["set"], r["metric"]): (r["value"], r["n_samples"]) for r in ev.rows}
+    assert got["conditional", "accuracy"] == (4 / 8, 8) and got["conditional", "judged_synthetic"] == (3 / 8, 8)
+    assert got["conditional", "accuracy.a"] == (0.25, 4) and got["conditional", "accuracy.b"] == (0.75, 4)
+    assert got["conditional", "judged_synthetic.a"] == (0.5, 4) and got["conditional", "judged_synthetic.b"] == (0.25, 4)
+    assert not any(m.startswith("accuracy.") for s, m in got if s == "nfe"), "only where the set asks for them"

@@ -1,5 +1,6 @@
 """The tables in fgsd/stages.py and what is derived from them: every row points at a function
 that exists, code dependencies follow the imports, and the command line passes key=path."""
+import dataclasses
 import importlib
 import inspect
 import os
@@ -40,6 +41,17 @@ def test_seed_ids_are_fixed_and_distinct():
                    "inversion": 6, "guidance": 7, "d2c": 8, "d2c_fewshot": 9,
                    "fewshot_seen": 10, "d2c_fewshot_seen": 11}
     assert len(set(ids.values())) == len(ids)
+
+
+def test_how_a_set_is_scored_reruns_its_evaluation_not_its_sampling(monkeypatch):
+    before = {stage: stages.spec(stage, "conditional") for stage in ("sample", "evaluate")}
+    row = stages.SAMPLE_SETS["conditional"]
+    monkeypatch.setitem(stages.SAMPLE_SETS, "conditional",
+                        dataclasses.replace(row, evaluation=stages.Evaluation(per_class=not row.evaluation.per_class)))
+    assert stages.spec("sample", "conditional") == before["sample"]
+    assert stages.spec("evaluate", "conditional") != before["evaluate"]
+    monkeypatch.setitem(stages.SAMPLE_SETS, "conditional", dataclasses.replace(row, keys=("per_class",)))
+    assert stages.spec("sample", "conditional") != before["sample"], "a sampling key is the sampling job's"
 
 
 def test_code_dependencies_follow_the_imports():

@@ -132,7 +132,9 @@ def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Pa
     integrand is also evaluated at kl_sigma_min / 2 and 2 kl_sigma_min, so each pair's KL (both
     forms) is reported with the grid starting there too: how much it rests on its lowest sigma.
     The mixture model's centroid distance is the control: features not trained for
-    conditioning, against the same KL estimates."""
+    conditioning, against the same KL estimates. The conditional model's centroid distance is
+    also given per phi block and over the matched blocks alone (the features the denoiser is
+    conditioned on, so the only ones the KL estimate can see)."""
     a, seed, dev = cfg["analysis"], cfg["seed"], resolve_device(device)
     net, _ = checkpoints.load(model, network.UNet, ("conditional",), dev)
     test, train = load_split(data, "test"), load_split(data, "train")
@@ -140,6 +142,7 @@ def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Pa
     centroids = class_centroids(net, to_float(train["images"]), torch.from_numpy(train["labels"]), dev)
     phi_c, phi_m = ({int(c): f["centroids_train"][k] for k, c in enumerate(f["centroid_labels_train"])}
                     for f in (files.load_npz(phi), files.load_npz(phi_mixture)))
+    slices = network.layer_slices(net.widths)  # phi's blocks: the x-axis split by block, the matched ones summed
     grid = kl.log_grid(a["kl_sigma_min"], a["kl_sigma_max"], a["kl_n_sigmas"])
     lo = a["kl_sigma_min"]
     sigmas = np.unique(np.concatenate([grid, [lo / 2, 2 * lo]]))
@@ -168,8 +171,11 @@ def density(cfg: dict, model: str | Path, phi: str | Path, phi_mixture: str | Pa
             row[f"sym_kl{suffix}"] = kl.integrate(sigmas[keep], gap_ab[keep, 0] + gap_ba[keep, 0])
         for suffix, keep in spans.items():
             row[f"sym_kl_diff_form{suffix}"] = kl.integrate(sigmas[keep], gap_ab[keep, 1] + gap_ba[keep, 1])
-        rows.append(dict(row, centroid_sqdist=float(((phi_c[ya] - phi_c[yb]) ** 2).sum()),
-                         centroid_sqdist_mixture=float(((phi_m[ya] - phi_m[yb]) ** 2).sum()),
+        sq = (phi_c[ya] - phi_c[yb]) ** 2
+        by_block = {f"centroid_sqdist_{b}": float(sq[s].sum()) for b, s in slices.items()}
+        rows.append(dict(row, centroid_sqdist=float(sq.sum()),
+                         centroid_sqdist_matched=sum(by_block[f"centroid_sqdist_{b}"] for b in net.match),
+                         centroid_sqdist_mixture=float(((phi_m[ya] - phi_m[yb]) ** 2).sum()), **by_block,
                          n_a=int((labels == ya).sum()), n_b=int((labels == yb).sum())))
         log.info("%s vs %s: symmetric KL %.4g", rows[-1]["cls_a"], rows[-1]["cls_b"], rows[-1]["sym_kl"])
     files.save_csv(table, pd.DataFrame(rows))

@@ -112,8 +112,8 @@ class Evaluator:
     def __init__(self, cfg, data_dir, classifier_path, device):
         self.e, self.seed = cfg["evaluate"], cfg["seed"]
         self.device = resolve_device(device)
-        self.clf, classes = load_classifier(classifier_path, self.device)
-        self.synthetic = len(classes)  # the judge's "phase-randomised" prediction (if it was trained with one)
+        self.clf, self.classes = load_classifier(classifier_path, self.device)
+        self.synthetic = len(self.classes)  # the judge's "phase-randomised" prediction (if it was trained with one)
         self.train_x, self.train_y, _ = labelled_crops(data_dir, "train")
         self.test_x, self.test_y, _ = labelled_crops(data_dir, "test")
         self.n_seen = len(np.unique(load_split(data_dir, "train")["labels"]))
@@ -135,16 +135,22 @@ class Evaluator:
                               n_samples=int(n_samples), n_real=int(n_real), extractor=extractor))
 
     def group(self, set_name, variant, param, images: np.ndarray, labels: np.ndarray, real_classes,
-              cost: dict | None = None, memorisation=True):
+              cost: dict | None = None, memorisation=True, per_class=False):
         """Accuracy (when labelled; a sample the judge calls phase-randomised counts as wrong),
         class coverage, the fraction judged phase-randomised, the mean cost per sample (`samples.COST`
-        columns the set has), fidelity metrics and memorisation of one group."""
+        columns the set has), fidelity metrics and memorisation of one group. per_class: also the
+        accuracy and the fraction judged phase-randomised of each class (`accuracy.<class>`,
+        `judged_synthetic.<class>`), so a class the samples miss is seen, not averaged away."""
         x = to_float(images)
         real = self.real(real_classes)
         n, add = len(x), lambda *a, **k: self.add(set_name, variant, param, *a, **k)
         _, pred = predict(self.clf, x, self.device)
         if (labels >= 0).all():
             add("accuracy", (pred.numpy() == labels).mean(), n, 0)
+            for c in np.unique(labels) if per_class else ():
+                k = labels == c
+                add(f"accuracy.{self.classes[c]}", (pred.numpy()[k] == c).mean(), k.sum(), 0)
+                add(f"judged_synthetic.{self.classes[c]}", (pred.numpy()[k] == self.synthetic).mean(), k.sum(), 0)
         real_pred = pred[pred != self.synthetic].numpy()
         add("classes_covered", len(np.unique(real_pred)), n, 0)
         add("judged_synthetic", 1 - len(real_pred) / n, n, 0)
@@ -190,7 +196,8 @@ def score_fidelity(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) -
             k &= t[column] == value
         variant = str(t["variant"][k][0])
         param = t["param"][k][0] if spec.by else 0
-        ev.group(name, variant, param, t["images"][k], t["label"][k], real, {c: t[c][k] for c in samples.COST if c in t})
+        ev.group(name, variant, param, t["images"][k], t["label"][k], real, {c: t[c][k] for c in samples.COST if c in t},
+                 per_class=spec.per_class)
 
 
 def score_pairs(ev: Evaluator, name: str, t: dict, spec: stages.Evaluation) -> None:

@@ -47,6 +47,12 @@ def _metric(table: pd.DataFrame, set_name: str, metric: str, param=None, variant
     return f"{r.value:.2f} (n={r.n_samples})" if r is not None else "n/a"
 
 
+def _per_class(table: pd.DataFrame, cls: str) -> str:
+    """'right | phase-randomised' fractions of one class's feature-guided samples, as the judge sees them."""
+    r = [samples.metric(table, "conditional", f"{m}.{cls}", variant="c2f") for m in ("accuracy", "judged_synthetic")]
+    return " | ".join(f"{x.value:.2f}" if x is not None else "n/a" for x in r)
+
+
 def _short(name: str) -> str:
     return name.split("-", 1)[-1]
 
@@ -67,8 +73,8 @@ def fig6_samples(cfg, conditional, mixture, metrics, data, pdf, png) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(2 + 0.5 * (3 + 2 * max(k, 3)), 0.42 * len(labels) + 1.2),
                            gridspec_kw={"width_ratios": [3, k, per_row]})
     show(ax[0], mosaic(ex), "training crops", [_short(classes[c]) for c in labels], tile)
-    show(ax[1], mosaic(smp), f"feature-guided (Alg. B)\naccuracy {_metric(table, 'conditional', 'accuracy')}",
-         tile=tile)
+    show(ax[1], mosaic(smp), f"feature-guided (Alg. B), accuracy {_metric(table, 'conditional', 'accuracy')}"
+         "\nper row: judged right | judged phase-randomised", [_per_class(table, classes[c]) for c in labels], tile)
     show(ax[2], mosaic(mx), "mixture model (Alg. A)\nrows are not classes", tile=tile)
     files_note = "centroid from all training crops" if cfg["sampling"]["exemplars"] == 0 else \
         f"centroid from {cfg['sampling']['exemplars']} training crops"

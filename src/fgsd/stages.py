@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent
@@ -139,10 +139,12 @@ class Evaluation:
     """How `evaluate` scores a sample set. fidelity: accuracy, KID/FID/precision/recall and
     memorisation per group of rows (grouped by `by`; real crops of the seen classes, or of the
     set's own labels); pairs: how often samples are judged class a or class b, per (variant,
-    param); roundtrip: the median DDIM inversion round-trip error."""
+    param); roundtrip: the median DDIM inversion round-trip error. per_class: fidelity groups
+    also get each class's judge accuracy and fraction judged phase-randomised."""
     how: str = "fidelity"
     by: tuple[str, ...] = ()
     real: str = "seen"
+    per_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ class SampleSet:
 
 
 SAMPLE_SETS = {  # in the order their metrics appear in samples.csv
-    "conditional": SampleSet("set_conditional", 0, "conditional", ("per_class", "exemplars")),
+    "conditional": SampleSet("set_conditional", 0, "conditional", ("per_class", "exemplars"),
+                             Evaluation(per_class=True)),
     "mixture": SampleSet("set_mixture", 1, "mixture", ("per_class",)),
     "fewshot": SampleSet("set_fewshot", 4, "conditional", ("fewshot_n", "fewshot_per_n"),
                          Evaluation(by=("param",), real="own")),
@@ -357,10 +360,11 @@ def function_of(stage: str, name: str | None = None) -> tuple[str, str]:
 def spec(stage: str, name: str | None = None) -> str:
     """The rows of these tables one job depends on. Rules carry it as a param, so editing a row
     re-runs its jobs, and adding or editing another row re-runs nothing else (this module is
-    therefore left out of the jobs' code files)."""
+    therefore left out of the jobs' code files). A sample set's sampling job leaves out how the
+    set is scored: that is its evaluation job's row."""
     rows: list = [STAGES[stage]]
     if stage == "sample":
-        rows.append(SAMPLE_SETS[name])
+        rows.append(replace(SAMPLE_SETS[name], evaluation=None))
     elif stage == "evaluate" and name in SAMPLE_SETS:
         rows.append(SAMPLE_SETS[name].evaluation)
     elif stage == "figure":

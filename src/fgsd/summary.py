@@ -2,6 +2,7 @@
 counts behind it, and the Fig 3 curves in psnr_gain.csv (a DVC plot)."""
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -129,6 +130,50 @@ def sample_seed_spread(frames: dict[int, pd.DataFrame]) -> dict:
             if any(r is None for r in rows):
                 continue  # e.g. the mixture set has no class to be right about
             out[set_name][name] = {**spread([r.value for r in rows]), "n_samples": int(rows[0].n_samples)}
+        by_class = by_class_quality(frames, set_name)
+        if by_class:
+            out[set_name]["by_class"] = by_class
+    return out
+
+
+def by_class_quality(frames: dict[int, pd.DataFrame], set_name: str) -> dict:
+    """Per class, the judge's accuracy and fraction judged phase-randomised of a set's c2f samples
+    (evaluate's `accuracy.<class>` rows) over training seeds: which classes the samples miss."""
+    out = {}
+    for name in ("accuracy", "judged_synthetic"):
+        rows = [t[(t.set == set_name) & (t.variant == "c2f") & t.metric.str.startswith(f"{name}.")]
+                for t in frames.values()]
+        for cls in rows[0].metric.str.removeprefix(f"{name}."):
+            values = [r.value[r.metric == f"{name}.{cls}"] for r in rows]
+            if all(len(v) for v in values):
+                out.setdefault(cls, {})[name] = spread([float(v.iloc[0]) for v in values])
+    return out
+
+
+def centroid_share(dens: pd.DataFrame) -> dict[str, float]:
+    """Each phi block's share of the conditional model's squared centroid distance, summed over
+    the class pairs: which blocks Fig 5's x-axis measures (the matched ones, or others)."""
+    blocks = [c.removeprefix("centroid_sqdist_") for c in dens.columns
+              if c.startswith("centroid_sqdist_") and c not in ("centroid_sqdist_matched", "centroid_sqdist_mixture")]
+    total = dens.centroid_sqdist.sum()
+    return {b: float(dens[f"centroid_sqdist_{b}"].sum() / total) for b in blocks}
+
+
+AGREEMENT = ("sym_kl", "sym_kl_diff_form", "centroid_sqdist", "centroid_sqdist_matched", "centroid_sqdist_mixture")
+
+
+def seed_agreement(tables: dict[int, pd.DataFrame]) -> dict:
+    """For each of Fig 5's two axes (and the control): the Spearman correlation between two
+    training seeds' values over the same class pairs, for every pair of seeds, with mean and std.
+    Says whether Fig 5's spread over seeds comes from the density estimates or from the features."""
+    keys = ["cls_a", "cls_b"]
+    out = {}
+    for column in AGREEMENT:
+        rhos = []
+        for (_, a), (_, b) in itertools.combinations(tables.items(), 2):
+            both = a[keys + [column]].merge(b[keys + [column]], on=keys)
+            rhos.append(float(stats.spearmanr(both[f"{column}_x"], both[f"{column}_y"])[0]))
+        out[column] = spread(rhos) if rhos else None
     return out
 
 
@@ -141,8 +186,10 @@ def feature_numbers(sep: pd.DataFrame, extremes: dict, dens: pd.DataFrame) -> di
     for name, corr in (("mse_gap", correlations(dens)), ("diff_form", correlations(dens, "sym_kl_diff_form")),
                        ("mse_gap_half_min", correlations(dens, "sym_kl_half_min")),
                        ("mse_gap_double_min", correlations(dens, "sym_kl_double_min")),
-                       ("control_mixture_features", correlations(dens, x="centroid_sqdist_mixture"))):
+                       ("control_mixture_features", correlations(dens, x="centroid_sqdist_mixture")),
+                       ("matched_blocks", correlations(dens, x="centroid_sqdist_matched"))):
         out |= {f"density.{name}.{k}": float(corr[k]) for k in ("spearman", "pearson", "n_negative")}
+    out |= {f"density.centroid_share.{b}": v for b, v in centroid_share(dens).items()}
     medians = sep.groupby(["model", "layer"]).ratio.median()
     for model, layers in extremes.items():
         for layer, e in layers.items():
@@ -156,18 +203,19 @@ def feature_seeds(cfg: dict, separation: str | Path, density: str | Path, replic
                   replicate_densities: str, table: str | Path, spread_json: str | Path) -> None:
     """The separation and density-distance numbers of every training seed's models (`seed`, then
     train.replicate_seeds; the replicate files comma-separated in that order), one row per seed
-    and number in `table`, their mean and std over seeds in `spread_json`, and per class pair the
-    seeds at which it is merged (ratio <= 1)."""
+    and number in `table`, their mean and std over seeds in `spread_json`, per class pair the
+    seeds at which it is merged (ratio <= 1), and how well two seeds agree on each axis of Fig 5
+    (`seed_agreement`)."""
     seeds = [cfg["seed"], *cfg["train"]["replicate_seeds"]]
     seps = [separation, *(p for p in replicate_separations.split(",") if p)]
     dens = [density, *(p for p in replicate_densities.split(",") if p)]
     if not len(seps) == len(dens) == len(seeds):
         raise FgsdError(f"feature_seeds: {len(seps)} separation and {len(dens)} density tables for seeds {seeds}")
-    per_seed, merged = {}, {}
+    per_seed, merged, tables = {}, {}, {}
     for seed, sep_path, dens_path in zip(seeds, seps, dens):
-        sep = files.load_csv(sep_path)
+        sep, tables[seed] = files.load_csv(sep_path), files.load_csv(dens_path)
         extremes = separation_extremes(sep)
-        per_seed[seed] = feature_numbers(sep, extremes, files.load_csv(dens_path))
+        per_seed[seed] = feature_numbers(sep, extremes, tables[seed])
         for model, layers in extremes.items():
             for layer, e in layers.items():
                 for a, b in e["merged"]:
@@ -177,7 +225,7 @@ def feature_seeds(cfg: dict, separation: str | Path, density: str | Path, replic
     first = next(iter(per_seed.values()))
     files.save_json(spread_json, {"seeds": seeds, "n_seeds": len(seeds),
                                   **{k: spread([m[k] for m in per_seed.values()]) for k in first},
-                                  "merged_pairs_seeds": merged})
+                                  "merged_pairs_seeds": merged, "seed_agreement": seed_agreement(tables)})
 
 
 def comparison_records(metrics: pd.DataFrame, d2c_protocol: str) -> list[dict]:
@@ -245,6 +293,8 @@ def summary(cfg: dict, sweep: str | Path, separation: str | Path, density: str |
         density_vs_centroid_distance=correlations(dens),
         density_diff_form_vs_centroid_distance=correlations(dens, "sym_kl_diff_form"),
         density_vs_mixture_centroid_distance_control=correlations(dens, x="centroid_sqdist_mixture"),
+        density_vs_matched_centroid_distance=correlations(dens, x="centroid_sqdist_matched"),
+        centroid_distance_share_by_block=centroid_share(dens),
         density_grid_start_sensitivity={f"{form}kl_sigma_min{k}": correlations(dens, f"sym_kl{column}{k}")
                                         for form, column in (("", ""), ("diff_form_", "_diff_form"))
                                         for k in ("_half_min", "_double_min")},
