@@ -145,13 +145,14 @@ class Evaluator:
         real = self.real(real_classes)
         n, add = len(x), lambda *a, **k: self.add(set_name, variant, param, *a, **k)
         _, pred = predict(self.clf, x, self.device)
+        pred = pred.numpy()
         if (labels >= 0).all():
-            add("accuracy", (pred.numpy() == labels).mean(), n, 0)
+            add("accuracy", (pred == labels).mean(), n, 0)
             for c in np.unique(labels) if per_class else ():
                 k = labels == c
-                add(f"accuracy.{self.classes[c]}", (pred.numpy()[k] == c).mean(), k.sum(), 0)
-                add(f"judged_synthetic.{self.classes[c]}", (pred.numpy()[k] == self.synthetic).mean(), k.sum(), 0)
-        real_pred = pred[pred != self.synthetic].numpy()
+                add(f"accuracy.{self.classes[c]}", (pred[k] == c).mean(), k.sum(), 0)
+                add(f"judged_synthetic.{self.classes[c]}", (pred[k] == self.synthetic).mean(), k.sum(), 0)
+        real_pred = pred[pred != self.synthetic]
         add("classes_covered", len(np.unique(real_pred)), n, 0)
         add("judged_synthetic", 1 - len(real_pred) / n, n, 0)
         for column, values in (cost or {}).items():

@@ -139,14 +139,12 @@ def sample_seed_spread(frames: dict[int, pd.DataFrame]) -> dict:
 def by_class_quality(frames: dict[int, pd.DataFrame], set_name: str) -> dict:
     """Per class, the judge's accuracy and fraction judged phase-randomised of a set's c2f samples
     (evaluate's `accuracy.<class>` rows) over training seeds: which classes the samples miss."""
-    out = {}
+    first, out = next(iter(frames.values())), {}
     for name in ("accuracy", "judged_synthetic"):
-        rows = [t[(t.set == set_name) & (t.variant == "c2f") & t.metric.str.startswith(f"{name}.")]
-                for t in frames.values()]
-        for cls in rows[0].metric.str.removeprefix(f"{name}."):
-            values = [r.value[r.metric == f"{name}.{cls}"] for r in rows]
-            if all(len(v) for v in values):
-                out.setdefault(cls, {})[name] = spread([float(v.iloc[0]) for v in values])
+        for metric in first.metric[(first.set == set_name) & first.metric.str.startswith(f"{name}.")].unique():
+            rows = [samples.metric(t, set_name, metric, variant="c2f") for t in frames.values()]
+            if all(r is not None for r in rows):
+                out.setdefault(metric.removeprefix(f"{name}."), {})[name] = spread([float(r.value) for r in rows])
     return out
 
 
