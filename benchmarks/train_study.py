@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT / "train_study.csv", help="the table to write")
     ap.add_argument("--kind", choices=("mixture", "conditional"), default="mixture",
                     help="the model to train; the conditional one is tested with the sweep's exemplars")
+    ap.add_argument("--init", type=Path, help="a mixture model.pt the conditional model fine-tunes "
+                                              "(train.conditional.init: mixture); without it, it trains from scratch")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     base = config.load([ROOT / "params.yaml", *a.params])
@@ -137,11 +139,14 @@ def main() -> None:
         steps = a.steps * STEPS_BATCH // cfg["train"]["batch_size"]
         cfg["train"].update(eval_every=steps, checkpoint_every=10 * steps)
         cfg["train"][a.kind]["steps"] = steps
+        if a.kind == "conditional":
+            cfg["train"]["conditional"]["init"] = "mixture" if a.init else "scratch"
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             t0 = time.perf_counter()
             train.train(cfg, a.kind, a.data, model=out / "model.pt", train_log=out / "log.csv",
-                        config_json=out / "config.json", metrics=out / "metrics.json", state=out / "state")
+                        config_json=out / "config.json", metrics=out / "metrics.json", state=out / "state",
+                        init=a.init if a.kind == "conditional" else None)
             seconds = time.perf_counter() - t0
             net, _ = checkpoints.load(out / "model.pt", network.UNet, (a.kind,))
         if a.kind == "conditional":  # another crop of the same class, as the sweep's "exemplar" rows

@@ -53,6 +53,7 @@ def tiny_cfg(texture_dir) -> dict:
                        train_per_class=24, test_per_class=6, n_unseen=1)
     cfg["train"].update(batch_size=16, checkpoint_every=4, eval_every=6, eval_crops_per_class=3)
     cfg["train"]["single"]["class"] = "tex0"  # seed 0 holds out tex2
+    cfg["train"]["conditional"]["init"] = "scratch"  # trained alone here; fine-tuned in test_train and the chains
     for kind in stages.MODEL_KINDS:
         cfg["train"][kind]["steps"] = 12
     cfg["device"] = "cpu"

@@ -27,8 +27,9 @@ def test_separation_ratio_by_hand(tmp_path):
 @pytest.fixture
 def trained(tiny_cfg, tmp_path):
     data.prepare(tiny_cfg, tmp_path / "data")
-    for kind in ("mixture", "conditional", "single"):  # the single-class model fine-tunes the mixture one
-        init = {"init": tmp_path / "models/mixture/model.pt"} if kind == "single" else {}
+    tiny_cfg["train"]["conditional"]["init"] = "mixture"  # as in the pipeline: both fine-tune the mixture model
+    for kind in ("mixture", "conditional", "single"):
+        init = {"init": tmp_path / "models/mixture/model.pt"} if kind != "mixture" else {}
         train_into(tiny_cfg, kind, tmp_path / "data", tmp_path / "models" / kind, tmp_path / "state", **init)
     return tiny_cfg, tmp_path
 
@@ -117,6 +118,7 @@ def test_seed_spread_is_mean_and_std_over_seeds():
     assert gain["values"] == [0.5, 1.0, 1.5] and gain["mean"] == pytest.approx(1.0)
     assert gain["std"] == pytest.approx(0.5)  # sample std (ddof 1) of 0.5, 1, 1.5
     assert spread["oracle_single_minus_mixture_on_y0_db"]["0.1"]["mean"] == pytest.approx(1.0)
+    assert spread["conditional_share_of_oracle_gain_on_y0"]["1"]["values"] == pytest.approx([0.5, 1.0, 1.5])
     assert spread["output_psnr_db.single"]["1"]["mean"] == pytest.approx(21.0), "single: on its own class only"
     one = summary.seed_spread({0: _fake_sweep(0.5)})
     assert one["conditional_minus_mixture_db"]["1"] == {"mean": 0.5, "std": None, "values": [0.5]}
@@ -124,6 +126,8 @@ def test_seed_spread_is_mean_and_std_over_seeds():
     sw = _fake_sweep(0.5)
     sw.loc[(sw.model == "conditional") & (sw.conditioning == "exemplar") & (sw.cls == "c1"), "output_psnr"] = 19.0
     assert summary.per_class_gain(sw, 1.0) == {"c0": 0.5, "c1": -1.0}
+    share = summary.seed_spread({0: sw})["conditional_share_of_oracle_gain_on_y0"]["1"]["mean"]
+    assert share == pytest.approx(0.5), "the share reads y0's crops only (all crops: -0.25)"
     assert summary.per_class_gains(sw) == {"sigma=1": {"c0": 0.5, "c1": -1.0}}
     wide = pd.concat([sw, sw.assign(sigma=3.0, output_psnr=sw.output_psnr + (sw.model == "conditional"))])
     assert summary.per_class_gains(wide) == {"sigma=1": {"c0": 0.5, "c1": -1.0}, "sigma=3": {"c0": 1.5, "c1": 0.0}}

@@ -26,7 +26,8 @@ def trained(tmp_path_factory):
     data.prepare(cfg, tmp / "data")
     for kind in ("mixture", "conditional"):
         cfg["train"][kind]["steps"] = 40
-        train_into(cfg, kind, tmp / "data", tmp / "models" / kind, tmp / "state", device="cpu")
+        init = {"init": tmp / "models/mixture/model.pt"} if kind == "conditional" else {}
+        train_into(cfg, kind, tmp / "data", tmp / "models" / kind, tmp / "state", device="cpu", **init)
     cfg["guide"].update(steps=40, batch_size=16, eval_every=20, checkpoint_every=100)
     g = tmp / "models" / "guide"
     guide.train_guide(cfg, tmp / "data", g / "model.pt", g / "train_log.csv", g / "metrics.json", tmp / "state", "cpu")

@@ -116,12 +116,13 @@ def test_importing_fgsd_sets_mkl_reproducibility_unless_the_user_did():
     assert out.split() == ["COMPATIBLE", "FALSE", "FALSE"]
 
 
-def test_the_single_class_training_reads_the_same_seeds_mixture_model():
+def test_the_fine_tuned_trainings_read_the_same_seeds_mixture_model():
     from fgsd import config
     cfg = config.load([Path(__file__).resolve().parents[1] / "params.yaml"])
-    assert cfg["train"]["single"]["init"] == "mixture"
+    assert cfg["train"]["single"]["init"] == cfg["train"]["conditional"]["init"] == "mixture"
     assert stages.warm_start("single", cfg) == {"init": "results/models/mixture/model.pt"}
     assert stages.warm_start("single", cfg, "2") == {"init": "results/replicates/seed2/models/mixture/model.pt"}
-    assert stages.warm_start("mixture", cfg) == stages.warm_start("conditional", cfg, "1") == {}
-    cfg["train"]["single"]["init"] = "scratch"
-    assert stages.warm_start("single", cfg) == {}
+    assert stages.warm_start("conditional", cfg, "1") == {"init": "results/replicates/seed1/models/mixture/model.pt"}
+    assert stages.warm_start("mixture", cfg) == {}
+    cfg["train"]["single"]["init"] = cfg["train"]["conditional"]["init"] = "scratch"
+    assert stages.warm_start("single", cfg) == stages.warm_start("conditional", cfg) == {}

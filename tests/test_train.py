@@ -152,29 +152,43 @@ def test_single_class_model_trains_on_y0_only(prepared):
         train_into(cfg, "single", tmp / "data", tmp / "m2", tmp / "s")
 
 
-def test_the_single_class_model_fine_tunes_the_mixture_model(prepared):
-    """train.single.init: mixture loads the mixture model before the first step (at a vanishing
-    rate the single-class model *is* the mixture model; from scratch it is not), records the
-    file's checksum, and refuses a missing init, an init for another kind and a missing file."""
+def _same_shared_weights(mixture, tuned):
+    """The tuned model holds the mixture model's every weight; its own extra ones (the conditional
+    model's per-channel w) are at their initial 1."""
+    wm, wt = _weights(mixture), _weights(tuned)
+    extra = set(wt) - set(wm)
+    return (all(k.startswith("match_weight.") for k in extra) and all(torch.equal(wm[k], wt[k]) for k in wm)
+            and all(torch.equal(wt[k], torch.ones_like(wt[k])) for k in extra))
+
+
+@pytest.mark.parametrize("kind", ["single", "conditional"])
+def test_a_model_fine_tunes_the_mixture_model(prepared, kind):
+    """train.<kind>.init: mixture loads the mixture model before the first step (at a vanishing
+    rate the tuned model *is* the mixture model; from scratch it is not), records the file's
+    checksum, and refuses a missing init, an init for another kind and a missing file."""
     cfg, tmp = prepared
     train_into(cfg, "mixture", tmp / "data", tmp / "mix", tmp / "s")
     init = tmp / "mix" / "model.pt"
     cfg["train"]["lr"] = 1e-30
-    train_into(cfg, "single", tmp / "data", tmp / "tuned", tmp / "s", init=init)
-    assert _same_weights(init, tmp / "tuned" / "model.pt")
+    cfg["train"][kind]["init"] = "mixture"
+    train_into(cfg, kind, tmp / "data", tmp / "tuned", tmp / "s", init=init)
+    assert _same_shared_weights(init, tmp / "tuned" / "model.pt")
     assert files.load_json(tmp / "tuned" / "config.json")["init_sha256"] == files.sha256(init)
-    cfg["train"]["single"]["init"] = "scratch"
-    train_into(cfg, "single", tmp / "data", tmp / "scratch", tmp / "s")
-    assert not _same_weights(init, tmp / "scratch" / "model.pt")
-    with pytest.raises(FgsdError, match="only the single-class model with train.single.init: mixture"):
-        train_into(cfg, "single", tmp / "data", tmp / "x", tmp / "s", init=init)
-    cfg["train"]["single"]["init"] = "mixture"
-    with pytest.raises(FgsdError, match="'train.single.init' is 'mixture'.*needs init="):
-        train_into(cfg, "single", tmp / "data", tmp / "x", tmp / "s")
-    with pytest.raises(FgsdError, match="only the single-class model"):
+    cfg["train"][kind]["init"] = "scratch"
+    train_into(cfg, kind, tmp / "data", tmp / "scratch", tmp / "s")
+    assert not _same_shared_weights(init, tmp / "scratch" / "model.pt")
+    with pytest.raises(FgsdError, match="only a single-class or conditional model with train.<kind>.init: mixture"):
+        train_into(cfg, kind, tmp / "data", tmp / "x", tmp / "s", init=init)
+    cfg["train"][kind]["init"] = "mixture"
+    with pytest.raises(FgsdError, match=f"'train.{kind}.init' is 'mixture'.*needs init="):
+        train_into(cfg, kind, tmp / "data", tmp / "x", tmp / "s")
+    with pytest.raises(FgsdError, match="only a single-class or conditional model"):
         train_into(cfg, "mixture", tmp / "data", tmp / "x", tmp / "s", init=init)
     with pytest.raises(FgsdError, match="missing model file"):
-        train_into(cfg, "single", tmp / "data", tmp / "x", tmp / "s", init=tmp / "nope.pt")
+        train_into(cfg, kind, tmp / "data", tmp / "x", tmp / "s", init=tmp / "nope.pt")
+    cfg["model"]["widths"] = [w * 2 for w in cfg["model"]["widths"]]
+    with pytest.raises(FgsdError, match="is not params 'model'"):
+        train_into(cfg, kind, tmp / "data", tmp / "x", tmp / "s", init=init)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")

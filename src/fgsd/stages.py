@@ -324,8 +324,8 @@ def stage_names() -> dict[str, tuple[str, ...]]:
 
 
 def fine_tunes_mixture(kind: str, cfg: dict) -> bool:
-    """Whether model `kind` starts from its seed's mixture model (`train.single.init: mixture`)."""
-    return kind == "single" and cfg["train"]["single"]["init"] == "mixture"
+    """Whether model `kind` starts from its seed's mixture model (`train.<kind>.init: mixture`)."""
+    return kind in ("single", "conditional") and cfg["train"][kind]["init"] == "mixture"
 
 
 def warm_start(kind: str, cfg: dict, rseed: str | None = None) -> dict[str, str]:

@@ -59,7 +59,7 @@ def setting_train_config(cfg: dict, kind: str) -> dict:
         out["model"]["match"] = s["match"]
     out["train"].update(sigma_max=s["sigma_max"], lr=s["lr"][kind], eval_every=s["steps"],
                         eval_crops_per_class=s["test_per_class"],
-                        mixture={"steps": s["steps"]}, conditional={"steps": s["steps"]})
+                        mixture={"steps": s["steps"]}, conditional={"steps": s["steps"], "init": "scratch"})
     out["sigmas"] = s["sigmas"]
     return out
 

@@ -40,15 +40,16 @@ def psnr_table(sw: pd.DataFrame) -> dict:
 
 
 def class_worth(sw: pd.DataFrame) -> dict:
-    """What knowing the class is worth (dB) at each sigma, three ways: the conditional model over
-    the mixture model (all test crops); the exact Gaussian references (class-known over
+    """What knowing the class is worth (dB) at each sigma: the conditional model over the mixture
+    model (all test crops, and y0's crops alone); the exact Gaussian references (class-known over
     class-blind); the single-class oracle over the mixture model on y0's crops."""
     def mean(model, conditioning, y0_only=False):
         d = sw[(sw.model == model) & (sw.conditioning == conditioning)]
         return (d[d.is_y0] if y0_only else d).groupby("sigma").output_psnr.mean()
     pairs = {"conditional_minus_mixture": mean("conditional", "exemplar") - mean("mixture", "none"),
              "gaussian_class_minus_mixture": mean("gaussian-class", "class") - mean("gaussian-mixture", "none"),
-             "oracle_single_minus_mixture_on_y0": mean("single", "none", True) - mean("mixture", "none", True)}
+             "oracle_single_minus_mixture_on_y0": mean("single", "none", True) - mean("mixture", "none", True),
+             "conditional_minus_mixture_on_y0": mean("conditional", "exemplar", True) - mean("mixture", "none", True)}
     return {k: {f"{s:.4g}": float(v) for s, v in d.items()} for k, d in pairs.items()}
 
 
@@ -107,8 +108,11 @@ def seed_spread(sweeps: dict[int, pd.DataFrame]) -> dict:
     per_seed = {}
     for seed, sw in sweeps.items():
         table, worth = psnr_table(sw), class_worth(sw)
+        oracle, on_y0 = worth["oracle_single_minus_mixture_on_y0"], worth["conditional_minus_mixture_on_y0"]
         per_seed[seed] = {"conditional_minus_mixture_db": worth["conditional_minus_mixture"],
-                          "oracle_single_minus_mixture_on_y0_db": worth["oracle_single_minus_mixture_on_y0"],
+                          "oracle_single_minus_mixture_on_y0_db": oracle,
+                          # the issue's yardstick: the conditional model's gain as a fraction of the oracle's, same crops
+                          "conditional_share_of_oracle_gain_on_y0": {s: on_y0[s] / oracle[s] for s in oracle},
                           "wrong_conditioning_cost_db": wrong_conditioning_cost(sw),
                           **{f"output_psnr_db.{m}": table[m] for m in ("mixture", "conditional", "single")}}
     out = {"seeds": list(per_seed), "n_seeds": len(per_seed)}

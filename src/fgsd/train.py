@@ -139,23 +139,27 @@ class HeldOutPSNR:
 
 
 def warm_start(net: network.UNet, kind: str, cfg: dict, init: str | Path | None) -> dict:
-    """Load the mixture model into the single-class one when `train.single.init` is `mixture`: the
-    class oracle then starts from the best class-blind denoiser, not from noise, at the same cost.
+    """Load the mixture model when `train.<kind>.init` is `mixture` (single-class or conditional):
+    the model then starts from the best class-blind denoiser, not from noise, and its steps go to
+    the class (the conditional model's per-channel weights w start at 1, as from scratch).
     Returns what the resumable state and config.json record of it (the file's checksum)."""
     if not stages.fine_tunes_mixture(kind, cfg):
         if init is not None:
-            raise FgsdError(f"init={init} was given, but only the single-class model with "
-                            f"train.single.init: mixture starts from another model ({kind} model here)")
+            raise FgsdError(f"init={init} was given, but only a single-class or conditional model with "
+                            f"train.<kind>.init: mixture starts from another model ({kind} model here)")
         return {}
     if init is None:
-        raise FgsdError("parameter 'train.single.init' is 'mixture': the single-class training needs "
+        raise FgsdError(f"parameter 'train.{kind}.init' is 'mixture': the {kind} training needs "
                         "init=<the mixture model.pt>")
     mixture, _ = checkpoints.load(init, network.UNet, ("mixture",), next(net.parameters()).device)
-    if mixture.config != net.config:
+    blind = {k: v for k, v in net.config.items() if k not in ("conditional", "match")}
+    if {k: v for k, v in mixture.config.items() if k not in ("conditional", "match")} != blind:
         raise FgsdError(f"{init}: its architecture {mixture.config} is not params 'model' {net.config}; "
                         f"retrain the mixture model")
-    net.load_state_dict(mixture.state_dict())
-    log.info("single-class model: fine-tuning the mixture model %s on %s", init, cfg["train"]["single"]["class"])
+    missing, unexpected = net.load_state_dict(mixture.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("match_weight.") for k in missing), (missing, unexpected)
+    log.info("%s model: fine-tuning the mixture model %s%s", kind, init,
+             f" on {cfg['train']['single']['class']}" if kind == "single" else "")
     return dict(init_sha256=files.sha256(init))
 
 
@@ -165,7 +169,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     """Train model kind `name`; write the checkpoint, its log, resolved config and final metrics.
     Resumable state lives in the `state` directory, outside Snakemake's declared outputs. `lr_key`
     is the params key that set `cfg["train"]["lr"]`, which the errors tell the user to lower.
-    init: the mixture model the single-class model fine-tunes (`warm_start`)."""
+    init: the mixture model a single-class or conditional model fine-tunes (`warm_start`)."""
     kind = name
     if kind not in stages.MODEL_KINDS:
         raise FgsdError(f"unknown model kind '{kind}': choose one of {stages.MODEL_KINDS}")
