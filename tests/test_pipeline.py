@@ -142,8 +142,10 @@ def test_every_figure_and_metrics_file_has_provenance(smoke_run):
     cfg = config.load([ROOT / "params.yaml", ROOT / "config/smoke.yaml"])
     rec = files.load_json(smoke_run / "results/provenance/train_conditional.json")
     assert rec["params_sha256"] == config.digest(config.select(cfg, stages.stage_keys("train", "conditional")))
-    assert rec["params"]["train.conditional"] == {"steps": 40} and rec["params_files"] == ["params.yaml", "config/smoke.yaml"]
-    assert set(rec["inputs"]) >= {"results/data/pip-textures/train.npz", "results/data/pip-textures/manifest.json"}
+    assert rec["params"]["train.conditional"] == {"steps": 40, "init": "mixture"}
+    assert rec["params_files"] == ["params.yaml", "config/smoke.yaml"]
+    assert set(rec["inputs"]) >= {"results/data/pip-textures/train.npz", "results/data/pip-textures/manifest.json",
+                                  "results/models/mixture/model.pt"}  # the model it fine-tunes
     fig = files.load_json(smoke_run / "results/provenance/figure_fig5_density_distance.json")
     assert set(fig["outputs"]) == {"results/figures/fig5_density_distance.pdf", "results/figures/fig5_density_distance.png"}
     for path, sha in fig["inputs"].items():
