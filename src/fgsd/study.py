@@ -52,7 +52,9 @@ def setting_data_config(cfg: dict, setting: str) -> dict:
 def setting_train_config(cfg: dict, kind: str) -> dict:
     """The main training recipe, with the study's steps, noise range, evaluation levels, the peak
     rate of model `kind` (`study.lr.<kind>`: README, "Which learning rate") and, for the
-    conditional model, its matched blocks (`study.match`)."""
+    conditional model, its matched blocks (`study.match`). Its conditional model trains from
+    random weights (`init: scratch`): the study's jobs do not chain a mixture model into it, as
+    the main job's `train.conditional.init: mixture` does."""
     out = _plain(cfg)
     s = out.pop("study")
     if kind == "conditional":

@@ -152,8 +152,9 @@ def warm_start(net: network.UNet, kind: str, cfg: dict, init: str | Path | None)
         raise FgsdError(f"parameter 'train.{kind}.init' is 'mixture': the {kind} training needs "
                         "init=<the mixture model.pt>")
     mixture, _ = checkpoints.load(init, network.UNet, ("mixture",), next(net.parameters()).device)
-    blind = {k: v for k, v in net.config.items() if k not in ("conditional", "match")}
-    if {k: v for k, v in mixture.config.items() if k not in ("conditional", "match")} != blind:
+    def blind(config):  # the architecture without the conditional model's own keys
+        return {k: v for k, v in config.items() if k not in ("conditional", "match")}
+    if blind(mixture.config) != blind(net.config):
         raise FgsdError(f"{init}: its architecture {mixture.config} is not params 'model' {net.config}; "
                         f"retrain the mixture model")
     missing, unexpected = net.load_state_dict(mixture.state_dict(), strict=False)
