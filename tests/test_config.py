@@ -128,19 +128,22 @@ def test_every_declared_key_exists_in_params():
         assert f"train.{kind}" in config.select(cfg, stages.stage_keys("train", kind))
 
 
-def test_matched_blocks_reach_only_the_conditional_training(tmp_path):
-    """Trying another `model.match` must not retrain the mixture and single-class models (their
-    weights do not depend on it), and must retrain the conditional one."""
+@pytest.mark.parametrize("overlay", ["model:\n  match:\n  - mid\n  - dec3\n", "model:\n  matching: shift\n"])
+def test_matched_blocks_reach_only_the_conditional_training(tmp_path, overlay):
+    """Trying another `model.match` or `model.matching` must not retrain the mixture and
+    single-class models (their weights do not depend on it), and must retrain the conditional one."""
     from fgsd import network
     base = config.load([BASE])
-    other = config.load([BASE, _overlay(tmp_path, "model:\n  match:\n  - mid\n  - dec3\n")])
+    other = config.load([BASE, _overlay(tmp_path, overlay)])
     for kind in stages.MODEL_KINDS:
         keys = stages.stage_keys("train", kind)
         changed = config.digest(config.select(base, keys)) != config.digest(config.select(other, keys))
         assert changed == (kind == "conditional"), kind
         cfg = config.restrict(other, keys, f"stage 'train {kind}'")  # reading an undeclared key raises
         net = network.build(cfg["model"], channels=1, conditional=kind == "conditional")
-        assert net.match == (("mid", "dec3") if kind == "conditional" else ())
+        conditional = kind == "conditional"
+        assert net.match == (tuple(other["model"]["match"]) if conditional else ())
+        assert net.matching == (other["model"]["matching"] if conditional else "replace")
 
 
 def test_a_stage_sees_only_the_keys_it_declares():

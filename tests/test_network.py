@@ -24,13 +24,30 @@ def test_output_and_feature_shapes(size, channels):
     assert slices["mid"] == slice(8 + 16 + 16, 8 + 16 + 16 + 32)
 
 
-def _conditional(match=("mid",)):
+def _conditional(match=("mid",), matching="replace"):
     torch.manual_seed(0)
-    net = UNet(widths=(8, 16, 16, 32), conditional=True, match=match)
+    net = UNet(widths=(8, 16, 16, 32), conditional=True, match=match, matching=matching)
     with torch.no_grad():
         for w in net.match_weight.values():
             w.uniform_(0.5, 1.5)
     return net
+
+
+def _matched_means(net, x, cond):
+    """The channel means every block hands on when `net` denoises x conditioned on cond, and the
+    means the same blocks would have had unmatched (same forward pass up to that block)."""
+    seen, own = {}, {}
+    original = net._block
+
+    def spy(name, h, c, record):
+        own[name] = h.mean(dim=(2, 3))
+        out = original(name, h, c, record)
+        seen[name] = out.mean(dim=(2, 3))
+        return out
+
+    net._block = spy
+    net(x, cond)
+    return seen, own
 
 
 @pytest.mark.parametrize("block", ["enc2", "mid", "dec3"])
@@ -38,17 +55,35 @@ def test_matching_sets_the_block_means_to_w_phi(block):
     net = _conditional(match=(block,))
     x, cond = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
     phi_y = net.condition(cond)
-    seen = {}
-    original = net._block
-
-    def spy(name, h, c, record):
-        out = original(name, h, c, record)
-        seen[name] = out.mean(dim=(2, 3))
-        return out
-
-    net._block = spy
-    net(x, phi_y)
+    seen, _ = _matched_means(net, x, phi_y)
     torch.testing.assert_close(seen[block], net.match_weight[block] * phi_y[block], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", ["enc2", "mid", "dec3"])
+def test_shift_matching_moves_the_block_means_by_w_towards_phi(block):
+    net = _conditional(match=(block,), matching="shift")
+    x, cond = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    phi_y = net.condition(cond)
+    seen, own = _matched_means(net, x, phi_y)
+    w = net.match_weight[block]
+    torch.testing.assert_close(seen[block], own[block] + w * (phi_y[block] - own[block]), rtol=1e-5, atol=1e-6)
+
+
+def test_shift_matching_is_replacement_at_unit_weights_and_no_matching_at_zero():
+    torch.manual_seed(3)
+    match = ("mid", "dec3", "dec2")
+    replace = UNet(widths=(8, 16, 16, 32), conditional=True, match=match)
+    shift = UNet(widths=(8, 16, 16, 32), conditional=True, match=match, matching="shift")
+    shift.load_state_dict(replace.state_dict())
+    x, cond = torch.rand(3, 1, 16, 16), torch.rand(3, 1, 16, 16)
+    torch.testing.assert_close(shift(x, cond), replace(x, cond), rtol=1e-5, atol=1e-6)
+    plain = UNet(widths=(8, 16, 16, 32))
+    plain.load_state_dict({k: v for k, v in shift.state_dict().items() if not k.startswith("match_weight")})
+    with torch.no_grad():
+        for w in shift.match_weight.values():
+            w.zero_()
+    torch.testing.assert_close(shift(x, cond), plain(x), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(replace(x, cond), plain(x), atol=1e-4)
 
 
 @pytest.mark.parametrize("match", [("mid",), ("enc1", "mid", "dec2")])
@@ -90,6 +125,8 @@ def test_misuse_is_refused():
         _conditional()(torch.rand(1, 1, 16, 16))
     with pytest.raises(ValueError, match="unknown blocks"):
         UNet(conditional=True, match=("middle",))
+    with pytest.raises(ValueError, match="unknown matching 'additive'"):
+        UNet(conditional=True, matching="additive")
 
 
 def test_psnr_of_known_error():

@@ -101,6 +101,7 @@ def test_outputs_and_log(prepared):
     model, meta = checkpoints.load(tmp / "m" / "model.pt", network.UNet, ("conditional",))
     manifest = files.load_json(tmp / "data" / "manifest.json")
     assert model.match == tuple(cfg["model"]["match"]), "the checkpoint rebuilds the matched blocks it was trained with"
+    assert model.matching == cfg["model"]["matching"]
     assert meta["classes"] == manifest["classes"] + manifest["unseen_classes"]
 
 

@@ -6,7 +6,9 @@ replaces the channel means of matched blocks with w * phi_y (replacement form, ย
 
     a~(u) = a(u) - mean_u a + w * phi_y
 
-where phi_y comes from a conditioner stream through the same, unmodified weights.
+or moves them by w towards phi_y (shift form): a~(u) = a(u) + w * (phi_y - mean_u a), which lets
+a channel learn to keep its own mean (w -> 0) where the crop knows it better than the class does.
+The two coincide at w = 1. phi_y comes from a conditioner stream through the same, unmodified weights.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ OUTPUTS = ("residual", "clean", "gated", "gated_mean")  # what the last conv pre
 # image, or a clean estimate a and a per-pixel gate g with x^ = g y + (1 - g) a (a learned skip:
 # residual-like at low noise, clean-image-like at high noise, still a function of y alone);
 # gated_mean: the same with a relative to the noisy crop's mean (a = 0, g = 0 is the trivial denoiser)
+MATCHINGS = ("replace", "shift")  # the two forms of METHOD.md ยง2.3
 TAPS = BLOCKS[:6]  # phi layers; dec1 (last decoder block) feeds the output conv and is excluded
 
 
@@ -49,16 +52,17 @@ def conv_stack(c_in: int, c_out: int, n: int, bias: bool, first_norm: bool = Tru
 
 class UNet(nn.Module):
     """3-level blind UNet (UNet_flex). `conditional=True` adds one learned weight per channel at
-    every block output (init 1) and matches the means of the blocks listed in `match`."""
+    every block output (init 1) and matches the means of the blocks listed in `match`, in the
+    form `matching` names."""
 
     def __init__(self, channels=1, widths=(16, 32, 64, 128), enc_convs=(2, 2, 2), mid_convs=3,
                  dec_convs=(2, 2, 2), output="residual", bias=True, upsample_bias=True,
-                 conditional=False, match=("mid",)):
+                 conditional=False, match=("mid",), matching="replace"):
         super().__init__()
         k = list(widths)
         self.config = dict(channels=channels, widths=k, enc_convs=list(enc_convs), mid_convs=mid_convs,
                            dec_convs=list(dec_convs), output=output, bias=bias,
-                           upsample_bias=upsample_bias, conditional=conditional, match=list(match))
+                           upsample_bias=upsample_bias, conditional=conditional, match=list(match), matching=matching)
         if output not in OUTPUTS:
             raise ValueError(f"unknown output '{output}'; choose from {OUTPUTS}")
         self.output = output
@@ -74,6 +78,9 @@ class UNet(nn.Module):
         unknown = set(match) - set(BLOCKS)
         if unknown:
             raise ValueError(f"unknown blocks to match: {sorted(unknown)}; choose from {BLOCKS}")
+        if matching not in MATCHINGS:
+            raise ValueError(f"unknown matching '{matching}'; choose from {MATCHINGS}")
+        self.matching = matching
         self.match = tuple(b for b in BLOCKS if b in match) if conditional else ()
         self.match_weight = nn.ParameterDict(
             {b: nn.Parameter(torch.ones(self.widths[b])) for b in BLOCKS}) if conditional else None
@@ -85,12 +92,16 @@ class UNet(nn.Module):
 
     # --- the two streams -------------------------------------------------------------------
     def _block(self, name, h, cond, record):
-        """Record the block's channel means, then (if matched) replace them with w * phi_y."""
+        """Record the block's channel means, then (if matched) replace them with w * phi_y, or
+        move them by w towards phi_y."""
         if record is not None:
             record[name] = h.mean(dim=(2, 3))
         if cond is not None and name in self.match:
-            target = self.match_weight[name] * cond[name]  # (B or 1, K)
-            h = h - h.mean(dim=(2, 3), keepdim=True) + target[:, :, None, None]
+            w, own = self.match_weight[name], h.mean(dim=(2, 3), keepdim=True)  # (K,), (B, K, 1, 1)
+            if self.matching == "replace":
+                h = h - own + (w * cond[name])[:, :, None, None]  # cond: (B or 1, K)
+            else:
+                h = h + w[:, None, None] * (cond[name][:, :, None, None] - own)
         return h
 
     def _run(self, x, cond=None, record=None, upto=None):
@@ -176,7 +187,8 @@ def build(model_cfg: dict, channels: int, conditional: bool) -> UNet:
                 mid_convs=model_cfg["mid_convs"], dec_convs=model_cfg["dec_convs"],
                 output=model_cfg["output"], bias=model_cfg["bias"],
                 upsample_bias=model_cfg["upsample_bias"], conditional=conditional,
-                match=model_cfg["match"] if conditional else ())
+                match=model_cfg["match"] if conditional else (),
+                matching=model_cfg["matching"] if conditional else "replace")
 
 
 def n_params(model: nn.Module) -> int:

@@ -75,7 +75,7 @@ def parse_setting(name: str) -> tuple[int, float]:
     return int(k[1:]), float(s[1:])
 
 
-# The architecture; `model.match` is read by the conditional model alone, so changing it does not
+# The architecture; `model.match` and `model.matching` are read by the conditional model alone, so changing it does not
 # retrain the mixture and single-class models (stage_keys adds it for that kind).
 MODEL_KEYS = ("model.widths", "model.enc_convs", "model.mid_convs", "model.dec_convs", "model.output", "model.bias",
               "model.upsample_bias")
@@ -340,9 +340,9 @@ def stage_keys(stage: str, name: str | None = None) -> list[str]:
     """The params keys that `stage` (for model kind, sample set or figure `name`) reads."""
     keys = list(STAGES[stage].keys)
     if stage == "train":
-        keys += [f"train.{name}", *(["model.match"] if name == "conditional" else [])]
+        keys += [f"train.{name}", *(["model.match", "model.matching"] if name == "conditional" else [])]
     elif stage == "study_train":  # each kind its own rate (and the conditional one its matched blocks)
-        keys += [f"study.lr.{name}", *(["study.match"] if name == "conditional" else [])]
+        keys += [f"study.lr.{name}", *(["study.match", "model.matching"] if name == "conditional" else [])]
     elif stage == "sample":
         keys += [k if "." in k else f"sampling.{k}" for k in SAMPLE_SETS[name].keys]
     elif stage == "figure":
