@@ -75,8 +75,8 @@ def parse_setting(name: str) -> tuple[int, float]:
     return int(k[1:]), float(s[1:])
 
 
-# The architecture; `model.match` and `model.matching` are read by the conditional model alone, so changing it does not
-# retrain the mixture and single-class models (stage_keys adds it for that kind).
+# The architecture; `model.match` and `model.matching` are read by the conditional model alone, so
+# changing them does not retrain the mixture and single-class models (stage_keys adds them for that kind).
 MODEL_KEYS = ("model.widths", "model.enc_convs", "model.mid_convs", "model.dec_convs", "model.output", "model.bias",
               "model.upsample_bias")
 TRAIN_KEYS = ("seed", "device", *MODEL_KEYS, "train.batch_size", "train.lr", "train.lr_schedule", "train.lr_decay_every",
