@@ -162,12 +162,15 @@ def _same_shared_weights(mixture, tuned):
             and all(torch.equal(wt[k], torch.ones_like(wt[k])) for k in extra))
 
 
-@pytest.mark.parametrize("kind", ["single", "conditional"])
-def test_a_model_fine_tunes_the_mixture_model(prepared, kind):
+@pytest.mark.parametrize(("kind", "matching"), [("single", "replace"), ("conditional", "replace"),
+                                              ("conditional", "shift")])
+def test_a_model_fine_tunes_the_mixture_model(prepared, kind, matching):
     """train.<kind>.init: mixture loads the mixture model before the first step (at a vanishing
-    rate the tuned model *is* the mixture model; from scratch it is not), records the file's
-    checksum, and refuses a missing init, an init for another kind and a missing file."""
+    rate the tuned model *is* the mixture model, in either matching form; from scratch it is not),
+    records the file's checksum, and refuses a missing init, an init for another kind and a
+    missing file."""
     cfg, tmp = prepared
+    cfg["model"]["matching"] = matching
     train_into(cfg, "mixture", tmp / "data", tmp / "mix", tmp / "s")
     init = tmp / "mix" / "model.pt"
     cfg["train"]["lr"] = 1e-30

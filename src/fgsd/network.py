@@ -21,6 +21,7 @@ OUTPUTS = ("residual", "clean", "gated", "gated_mean")  # what the last conv pre
 # residual-like at low noise, clean-image-like at high noise, still a function of y alone);
 # gated_mean: the same with a relative to the noisy crop's mean (a = 0, g = 0 is the trivial denoiser)
 MATCHINGS = ("replace", "shift")  # the two forms of METHOD.md §2.3
+CONDITIONAL_CONFIG = ("conditional", "match", "matching")  # config keys of the conditional model alone
 TAPS = BLOCKS[:6]  # phi layers; dec1 (last decoder block) feeds the output conv and is excluded
 
 

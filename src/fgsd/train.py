@@ -153,7 +153,7 @@ def warm_start(net: network.UNet, kind: str, cfg: dict, init: str | Path | None)
                         "init=<the mixture model.pt>")
     mixture, _ = checkpoints.load(init, network.UNet, ("mixture",), next(net.parameters()).device)
     def blind(config):  # the architecture without the conditional model's own keys
-        return {k: v for k, v in config.items() if k not in ("conditional", "match", "matching")}
+        return {k: v for k, v in config.items() if k not in network.CONDITIONAL_CONFIG}
     if blind(mixture.config) != blind(net.config):
         raise FgsdError(f"{init}: its architecture {mixture.config} is not params 'model' {net.config}; "
                         f"retrain the mixture model")
