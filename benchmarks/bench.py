@@ -7,6 +7,8 @@
     python benchmarks/bench.py flops --params params.yaml config/paper.yaml   # FLOPs per training step
     python benchmarks/bench.py threads      # the compiled bf16 training step: one job on every core vs one
                                             # 1-thread job per core side by side (the rules' JOB_THREADS)
+    python benchmarks/bench.py eval         # evaluation forward passes (float32, no grad) per crop against the
+                                            # batch size (analysis.batch_size, denoisers.unet's chunks)
 
 FLOPs come from torch's flop counter (a multiply-add counts 2). The ceilings are measured here
 (an SGEMM) and quoted from DESIGN.md §4 (FMA peak, UNet convolutions) for comparison.
@@ -63,19 +65,21 @@ def timing_row(what: str, n: int, seconds: float, gflop: float) -> dict:
                 gflops=gflop / seconds)
 
 
-def training_step(cfg: dict, kind: str):
+def training_step(cfg: dict, kind: str, shared: int = 0):
     """(model, conditioning crops, step) on random crops: step(net=model, precision=None) is the
     training stage's step (sigma = u^2, pixel sum, batch mean), `net` the model or its compiled
-    form, `precision` train.precision's autocast, which covers the loss alone."""
+    form, `precision` train.precision's autocast, which covers the loss alone. shared: that many
+    conditioner crops shared by the batch (train.conditional.conditioner: per_class), else one per crop."""
     size, batch = cfg["data"]["crop_size"], cfg["train"]["batch_size"]
     torch.manual_seed(0)
     model = network.build(cfg["model"], 1, conditional=kind == "conditional")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, cond = torch.rand(batch, 1, size, size), torch.rand(batch, 1, size, size)
+    x, cond = torch.rand(batch, 1, size, size), torch.rand(shared or batch, 1, size, size)
+    rows = torch.arange(batch) % shared if shared else None
 
     def step(net=model, precision=None):
         with precision or contextlib.nullcontext():
-            loss = denoising_loss(net, x, cond if model.match else None, generator(0, 3, 0))
+            loss = denoising_loss(net, x, cond if model.match else None, generator(0, 3, 0), rows=rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -96,6 +100,12 @@ def throughput(cfg: dict, reps: int) -> pd.DataFrame:
         if ran == "bf16":
             rows.append(timing_row(f"train step {kind}, compiled bf16", batch,
                                    timed(lambda: step(fast, bf16), 3, reps), f))
+        if kind == "conditional":  # per_class: one conditioner crop per class (11 in the default data)
+            shared_model, _, shared_step = training_step(cfg, kind, shared=11)
+            fast_shared = torch.compile(shared_model)
+            rows.append(timing_row("train step conditional per_class (11), compiled" + (" bf16" if ran == "bf16" else ""),
+                                   batch, timed(lambda: shared_step(fast_shared, bf16), 3, reps),
+                                   flops(shared_step) / 1e9))
         model.eval()
         n = 176  # the conditional sample set of the default preset
         y = torch.rand(n, 1, size, size)
@@ -193,6 +203,29 @@ def threads(params: list[str], reps: int) -> pd.DataFrame:
     return df
 
 
+def eval_batches(cfg: dict, reps: int, n: int = 512) -> pd.DataFrame:
+    """Milliseconds per crop of the denoisers' evaluation forward pass (float32, no grad, the
+    conditional model on one centroid) when n crops go through in chunks of each batch size."""
+    size, rows = cfg["data"]["crop_size"], []
+    for kind in ("mixture", "conditional"):
+        torch.manual_seed(0)
+        model = network.build(cfg["model"], 1, conditional=kind == "conditional").eval()
+        y = torch.rand(n, 1, size, size)
+        phi = model.condition(y[:8], average=True) if model.match else None
+        for batch in (32, 64, 128, 256):
+            cond = {b: v.expand(batch, -1) for b, v in phi.items()} if phi else None
+
+            def chunks():
+                for i in range(0, n, batch):
+                    model(y[i:i + batch], cond)
+            with torch.no_grad():
+                rows.append(dict(what=f"eval forward {kind}", batch=batch, ms_per_crop=1e3 * timed(chunks, 1, reps) / n))
+    df = pd.DataFrame(rows)
+    df["vs_256"] = df.ms_per_crop / df.groupby("what").ms_per_crop.transform("last")
+    df["threads"] = torch.get_num_threads()
+    return df
+
+
 def step_flops(cfg: dict, probe_batch: int = 8) -> pd.DataFrame:
     """FLOPs of one training step at the preset's batch and crop size, counted on a small batch
     and scaled (linear in batch): sizes a preset too big to time here, e.g. config/paper.yaml."""
@@ -230,7 +263,7 @@ def pipeline() -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("throughput", "pipeline", "flops", "threads", "step"))
+    ap.add_argument("what", choices=("throughput", "pipeline", "flops", "threads", "step", "eval"))
     ap.add_argument("--params", nargs="+", default=[str(ROOT / "params.yaml")])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--kind", default="mixture", help="step: the model kind")
@@ -244,6 +277,8 @@ def main() -> None:
         df = throughput(config.load(args.params), args.reps)
     elif args.what == "flops":
         df = step_flops(config.load(args.params))
+    elif args.what == "eval":
+        df = eval_batches(config.load(args.params), args.reps)
     else:
         df = pipeline()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ def test_presets_load():
     ("device: gpu\n", "parameter 'device' must be one of auto, cpu, cuda, got 'gpu'"),
     ("data:\n  color: 1\n", "parameter 'data.color' must be true or false, got 1"),
     ("train:\n  mixture:\n    steps: 0\n", "parameter 'train.mixture.steps' must be >= 1, got 0"),
+    ("train:\n  conditional:\n    conditioner: shared\n", "parameter 'train.conditional.conditioner' must be one of "
+                                                         "per_crop, per_class, got 'shared'"),
     ("sampling:\n  beta: 2.0\n", "parameter 'sampling.beta' must be <= 1, got 2.0"),
     ("sampling:\n  sigma_final: 2.0\n", "parameter 'sampling.sigma_final' must be below sampling.sigma0, got 2.0"),
     ("train:\n  replicate_seeds:\n  - 0\n", "parameter 'train.replicate_seeds' must not repeat the main 'seed' (its "

@@ -110,6 +110,26 @@ def test_three_ways_to_condition_agree():
     assert not torch.allclose(net(x, exemplars[:3]), out_centroid)
 
 
+@pytest.mark.parametrize("matching", ["replace", "shift"])
+def test_shared_exemplars_condition_as_one_exemplar_per_image(matching):
+    """rows: the exemplars run through the conditioner stream once and are indexed per image (the
+    per_class conditioner), with the outputs and gradients of one exemplar per image."""
+    net = _conditional(match=("mid", "dec3", "dec2"), matching=matching)
+    x, exemplars = torch.rand(5, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    rows = torch.tensor([1, 0, 1, 1, 0])
+    results = []
+    for run in (lambda: net(x, exemplars, rows), lambda: net(x, exemplars[rows])):
+        net.zero_grad()
+        out = run()
+        out.square().sum().backward()
+        results.append((out.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()]))
+    (shared, g_shared), (each, g_each) = results
+    torch.testing.assert_close(shared, each)
+    for a, b in zip(g_shared, g_each):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # the same sums in another order
+    assert not torch.allclose(shared, net(x, exemplars, 1 - rows))
+
+
 def test_gradients_flow_through_the_conditioner_stream():
     net = _conditional()
     x, cond = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16, requires_grad=True)

@@ -249,3 +249,27 @@ def epoch_plan(g: torch.Generator, labels: torch.Tensor) -> tuple[torch.Tensor, 
         cycle = members[torch.randperm(len(members), generator=g)]
         partner[cycle] = torch.roll(cycle, -1)
     return order, partner
+
+
+def class_conditioners(idx: torch.Tensor, partner: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One conditioner crop per class for the batch `idx`, shared by the batch's crops of that
+    class (`train.conditional.conditioner: per_class`): the conditioner stream then runs on one
+    crop per class, not one per batch crop. A class's crop is its first batch crop's partner, or the
+    next one along the partner cycle that is not in the batch, so no crop conditions itself (unless
+    its whole class is in the batch); an absent class gets its first crop's partner (a fixed count
+    of crops per step, so the compiled step keeps one shape). Returns (crop index per class, in
+    sorted-label order; each batch crop's row into it)."""
+    classes = torch.unique(labels)
+    in_batch = torch.zeros(len(labels), dtype=torch.bool)
+    in_batch[idx] = True
+    rows = torch.searchsorted(classes, labels[idx])
+    chosen = []
+    for k, c in enumerate(classes.tolist()):
+        first = idx[rows == k]
+        crop = int(partner[first[0]] if len(first) else partner[torch.nonzero(labels == c)[0, 0]])
+        for _ in range(int((labels == c).sum())):
+            if not in_batch[crop]:
+                break
+            crop = int(partner[crop])
+        chosen.append(crop)
+    return torch.tensor(chosen), rows

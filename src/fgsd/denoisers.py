@@ -56,23 +56,25 @@ def loss_weight(sigma: torch.Tensor, kind: str, sigma_data: float) -> torch.Tens
 
 def denoising_loss(model, clean: torch.Tensor, cond, g: torch.Generator, sigma_max: float = 1.0,
                    weight: str = "none", sigma_data: float = 0.25, law: str = "square",
-                   sigma_min: float = 0.0, square_share: float = 0.5) -> torch.Tensor:
+                   sigma_min: float = 0.0, square_share: float = 0.5, rows=None) -> torch.Tensor:
     """L = E w(sigma) ||f(x + sigma z, phi(x')) - x||^2, summed over pixels, averaged over the
-    batch. sigma and z come from `g` (drawn on the CPU: the same numbers on every device)."""
+    batch. sigma and z come from `g` (drawn on the CPU: the same numbers on every device). rows:
+    which of the conditioner crops `cond` each crop's x' is (None: one per crop)."""
     sigma = draw_sigma(len(clean), g, sigma_max, law, sigma_min, square_share)
     noise = torch.randn(clean.shape, generator=g)
     noisy = clean + sigma.view(-1, 1, 1, 1).to(clean.device) * noise.to(clean.device)
-    err = (model(noisy, cond) - clean).pow(2).flatten(1).sum(1)
+    err = ((model(noisy, cond) if rows is None else model(noisy, cond, rows)) - clean).pow(2).flatten(1).sum(1)
     w = loss_weight(sigma, weight, sigma_data)
     return (err if weight == "none" else err * w.to(err.device)).mean()
 
 
 # --- the UNet behind the interface -------------------------------------------------------------------
 def unet(model, device, phi: dict | None = None, phi_fine: dict | None = None, switch: torch.Tensor | None = None,
-         batch: int = 256) -> Denoiser:
+         batch: int = 64) -> Denoiser:
     """The trained network as a Denoiser. phi: per-sample raw block means {block: (N, K)} (rows
     index into it); with phi_fine and switch (N,), a sample is conditioned on phi_fine once its
-    noise level is at or below its switch value (Algorithm C')."""
+    noise level is at or below its switch value (Algorithm C'). batch: crops per forward pass;
+    64 runs 1.05-1.25 x faster per crop than 256 on a CPU, where its activations stay in cache."""
     @torch.no_grad()
     def denoise(y, level, rows):
         out = []

@@ -149,15 +149,19 @@ class UNet(nn.Module):
         means = self.block_means(exemplars, upto=deepest)
         return {b: (means[b].mean(0, keepdim=True) if average else means[b]) for b in self.match}
 
-    def forward(self, x, cond=None):
+    def forward(self, x, cond=None, rows=None):
         """Denoise x. cond: None (unconditional), exemplar images (B or 1 of them), or
-        precomputed raw means {block: (B or 1, K)} as returned by `condition`."""
+        precomputed raw means {block: (B or 1, K)} as returned by `condition`. rows (B,): x[i] is
+        conditioned on cond's row rows[i] (exemplars shared by several crops run through the
+        conditioner stream once)."""
         if cond is not None and not self.match:
             raise ValueError("conditioning given to an unconditional model")
         if self.match and cond is None:
             raise ValueError("the conditional model needs a conditioner (exemplars or phi)")
         if isinstance(cond, torch.Tensor):
             cond = self.condition(cond)
+        if rows is not None:
+            cond = {b: v[rows] for b, v in cond.items()}
         return self._run(x, cond=cond)
 
     # --- features ----------------------------------------------------------------------------

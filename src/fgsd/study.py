@@ -54,14 +54,16 @@ def setting_train_config(cfg: dict, kind: str) -> dict:
     rate of model `kind` (`study.lr.<kind>`: README, "Which learning rate") and, for the
     conditional model, its matched blocks (`study.match`). Its conditional model trains from
     random weights (`init: scratch`): the study's jobs do not chain a mixture model into it, as
-    the main job's `train.conditional.init: mixture` does."""
+    the main job's `train.conditional.init: mixture` does; one x' per crop (`conditioner: per_crop`),
+    as the study was measured."""
     out = _plain(cfg)
     s = out.pop("study")
     if kind == "conditional":
         out["model"]["match"] = s["match"]
     out["train"].update(sigma_max=s["sigma_max"], lr=s["lr"][kind], eval_every=s["steps"],
                         eval_crops_per_class=s["test_per_class"],
-                        mixture={"steps": s["steps"]}, conditional={"steps": s["steps"], "init": "scratch"})
+                        mixture={"steps": s["steps"]},
+                        conditional={"steps": s["steps"], "init": "scratch", "conditioner": "per_crop"})
     out["sigmas"] = s["sigmas"]
     return out
 

@@ -6,7 +6,8 @@
 select the alternatives that `benchmarks/train_study.py` compares.)
 
 x' is another clean training crop of the same class, re-paired every epoch, and gradients flow
-through its stream. Everything random is a pure function of (seed, step): the batch order and
+through its stream (`train.conditional.conditioner`: one x' per crop, or one per class and step,
+shared by the step's crops of that class). Everything random is a pure function of (seed, step): the batch order and
 pairing of an epoch and the noise of a step. A run resumed from its last saved state therefore
 ends with exactly the weights of an uninterrupted run.
 """
@@ -24,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoints, config, files, network, stages
-from .data import epoch_plan, load_split, other_class_partner
+from .data import class_conditioners, epoch_plan, load_split, other_class_partner
 from .denoisers import denoising_loss
 from .errors import FgsdError
 from .runtime import autocast, compiled, generator, require_finite, resolve_device, to_float
@@ -138,6 +139,20 @@ class HeldOutPSNR:
         return out
 
 
+def conditioner_mode(t: dict, kind: str, n_classes: int) -> str:
+    """How the conditional model's x' are drawn in this run: `train.conditional.conditioner`, except
+    that per_class becomes per_crop (with a warning) when there are at least as many classes as
+    crops in a batch, where sharing saves nothing; "" for the other kinds."""
+    if kind != "conditional":
+        return ""
+    mode = t["conditional"]["conditioner"]
+    if mode == "per_class" and n_classes >= t["batch_size"]:
+        log.warning("train.conditional.conditioner: per_class runs per_crop here: %d classes are not fewer than "
+                    "the %d crops of a batch (train.batch_size)", n_classes, t["batch_size"])
+        return "per_crop"
+    return mode
+
+
 def warm_start(net: network.UNet, kind: str, cfg: dict, init: str | Path | None) -> dict:
     """Load the mixture model when `train.<kind>.init` is `mixture` (single-class or conditional):
     the model then starts from the best class-blind denoiser, not from noise, and its steps go to
@@ -185,6 +200,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     if len(x) < batch:
         raise FgsdError(f"train.batch_size={batch} is larger than the {len(x)} training crops of the {kind} model")
     per_epoch = len(x) // batch
+    conditioner = conditioner_mode(t, kind, len(torch.unique(labels)))
 
     torch.manual_seed(seed)
     net = network.build(cfg["model"], channels=x.shape[1], conditional=kind == "conditional").to(dev)
@@ -220,11 +236,16 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             epoch = step // per_epoch
             order, partner = epoch_plan(generator(seed, 1, epoch), labels)
         idx = order[(step % per_epoch) * batch:(step % per_epoch + 1) * batch]
-        cond = x[partner[idx]].to(dev) if kind == "conditional" else None
+        cond, cond_rows = None, None
+        if conditioner == "per_crop":
+            cond = x[partner[idx]].to(dev)
+        elif conditioner == "per_class":
+            shared, cond_rows = class_conditioners(idx, partner, labels)
+            cond, cond_rows = x[shared].to(dev), cond_rows.to(dev)
         with precision:
             loss = denoising_loss(step_net, x[idx].to(dev), cond, generator(seed, 3, step), sigma_max=t["sigma_max"],
                                   weight=t["loss_weight"], sigma_data=t["sigma_data"], law=t["sigma_law"],
-                                  sigma_min=t["sigma_min"], square_share=t["square_share"])
+                                  sigma_min=t["sigma_min"], square_share=t["square_share"], rows=cond_rows)
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, step, steps)
         require_finite(loss, kind, step + 1, learning_rate(t, step, steps), lr_key, keeper.last_good())
@@ -265,7 +286,7 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
     files.save_json(config_json, dict(kind=kind, model_config=net.config, **meta, params=tracked,
                                       n_params=network.n_params(net), data_sha256=manifest["sha256"],
                                       steps_per_epoch=per_epoch, training_steps=ran, training_precision=float_format,
-                                      **started_from))
+                                      **({"conditioner": conditioner} if conditioner else {}), **started_from))
     files.save_json(metrics, dict(kind=kind, steps=steps, final_train_loss=rows[-1]["train_loss"],
                                   test_psnr=final, n_test=len(test_psnr.clean),
                                   **({"wrong_exemplar_cost_db": cost} if cost else {})))
