@@ -7,9 +7,9 @@ select the alternatives that `benchmarks/train_study.py` compares.)
 
 x' is another clean training crop of the same class, re-paired every epoch, and gradients flow
 through its stream (`train.conditional.conditioner`: one x' per crop, or one per class and step,
-shared by the step's crops of that class). Everything random is a pure function of (seed, step): the batch order and
-pairing of an epoch and the noise of a step. A run resumed from its last saved state therefore
-ends with exactly the weights of an uninterrupted run.
+shared by the step's crops of that class). Everything random is a pure function of (seed, step):
+the batch order and pairing of an epoch and the noise of a step. A run resumed from its last
+saved state therefore ends with exactly the weights of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -223,8 +223,8 @@ def train(cfg: dict, name: str, data: str | Path, model: str | Path, train_log: 
             ema.load_state_dict(saved["ema"])
         step, rows, loss_sum, loss_n = saved["step"], saved["rows"], saved["loss_sum"], saved["loss_n"]
 
-    log.info("training %s: %d params, %d crops, %d steps of %d on %s (%s, %s)", kind, network.n_params(net),
-             len(x), steps, batch, dev, ran, float_format)
+    log.info("training %s: %d params, %d crops, %d steps of %d on %s (%s, %s%s)", kind, network.n_params(net),
+             len(x), steps, batch, dev, ran, float_format, f", x' {conditioner}" if conditioner else "")
     net.train()
     epoch, order, partner = None, None, None
     first = step
