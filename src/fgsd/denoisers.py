@@ -63,7 +63,7 @@ def denoising_loss(model, clean: torch.Tensor, cond, g: torch.Generator, sigma_m
     sigma = draw_sigma(len(clean), g, sigma_max, law, sigma_min, square_share)
     noise = torch.randn(clean.shape, generator=g)
     noisy = clean + sigma.view(-1, 1, 1, 1).to(clean.device) * noise.to(clean.device)
-    err = ((model(noisy, cond) if rows is None else model(noisy, cond, rows)) - clean).pow(2).flatten(1).sum(1)
+    err = (model(noisy, cond, rows) - clean).pow(2).flatten(1).sum(1)
     w = loss_weight(sigma, weight, sigma_data)
     return (err if weight == "none" else err * w.to(err.device)).mean()
 
